@@ -1,0 +1,372 @@
+"""MRML glue, in one place: the headless scene, files into nodes, nodes into arrays, and
+segments onto each volume's own grid with Slicer's segmentation logic.
+
+Inside Slicer the module passes Slicer's own scene and nodes; outside it `new_scene()` builds
+a scene the way Slicer's application does. Nothing here changes an input node.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+import slicer
+import slicer.util
+import vtk
+from vtk.util import numpy_support
+
+from .errors import InputError
+
+ROLE_TAG = "VertebralMarrow.Role"
+ROLES = ("lesion", "reference", "disc", "muscle", "ignore")
+
+
+# --- the headless scene -------------------------------------------------------------------
+
+
+@dataclass
+class HeadlessApp:
+    """A scene with the logics Slicer's application would give it."""
+
+    scene: "slicer.vtkMRMLScene"
+    app_logic: "slicer.vtkSlicerApplicationLogic"
+    segmentations_logic: "slicer.vtkSlicerSegmentationsModuleLogic"
+
+
+def new_scene() -> HeadlessApp:
+    """An MRML scene built as Slicer builds its own: application logic, color logic with the
+    default color nodes, and the segmentations logic registered (without it segment
+    representation converters are missing and conversions silently give empty results)."""
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    app_logic.GetColorLogic().SetMRMLScene(scene)
+    app_logic.GetColorLogic().AddDefaultColorNodes()
+    segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations_logic.SetMRMLScene(scene)
+    segmentations_logic.SetMRMLApplicationLogic(app_logic)
+    app_logic.SetModuleLogic("Segmentations", segmentations_logic)
+    return HeadlessApp(scene, app_logic, segmentations_logic)
+
+
+# --- files into nodes ---------------------------------------------------------------------
+
+
+def _require_file(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    return path
+
+
+def _read_into(scene, node, storage_node, path: Path, what: str):
+    storage_node.SetFileName(str(path))
+    scene.AddNode(storage_node)
+    node.SetName(_node_name(path))
+    scene.AddNode(node)
+    node.SetAndObserveStorageNodeID(storage_node.GetID())
+    if not storage_node.ReadData(node) or (hasattr(node, "GetImageData") and node.GetImageData() is None):
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage_node)
+        return None
+    return node
+
+
+def _node_name(path: Path) -> str:
+    name = Path(path).name
+    for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def load_volume(scene, path, what: str = "volume", labelmap: bool = False):
+    """A scalar (or labelmap) volume node read from NRRD, NIfTI or MHA, keeping the file's
+    origin, spacing and direction. SimpleITK is the fallback reader."""
+    path = _require_file(path, what)
+    node_class = slicer.vtkMRMLLabelMapVolumeNode if labelmap else slicer.vtkMRMLScalarVolumeNode
+    node = _read_into(scene, node_class(), slicer.vtkMRMLVolumeArchetypeStorageNode(), path, what)
+    if node is not None and node.GetImageData().GetNumberOfScalarComponents() == 1:
+        return node
+    if node is not None:
+        scene.RemoveNode(node)
+    array_kji, ijk_to_ras = read_image_sitk(path, what)
+    if array_kji.ndim != 3:
+        raise InputError(f"{what} {path} is {array_kji.ndim}-D; a 3-D volume is needed here")
+    return volume_from_array(scene, array_kji, ijk_to_ras, _node_name(path), labelmap=labelmap)
+
+
+def read_image_sitk(path, what: str = "image") -> Tuple[np.ndarray, np.ndarray]:
+    """Array (k, j, i[, component]) and IJK-to-RAS matrix of an image SimpleITK reads.
+    A 4-D image's fourth axis comes last in the array."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read {what} {path}: {str(exc).strip().splitlines()[-1]}") from None
+    array = sitk.GetArrayFromImage(image)
+    dimension = image.GetDimension()
+    if dimension == 4:
+        array = np.moveaxis(array, 0, -1)  # (t, k, j, i) -> (k, j, i, t)
+    spacing = np.array(image.GetSpacing()[:3], float)
+    origin = np.array(image.GetOrigin()[:3], float)
+    direction = np.array(image.GetDirection(), float).reshape(dimension, dimension)[:3, :3]
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
+    ijk_to_ras[:3, 3] = lps_to_ras @ origin
+    return array, ijk_to_ras
+
+
+def load_segmentation(scene, app: Optional[HeadlessApp], path, label_names: Optional[Path] = None):
+    """A segmentation node from a `.seg.nrrd`, or from a labelmap whose names come from a
+    Slicer color-table file (labels without a name become `label_N`)."""
+    path = _require_file(path, "segmentation")
+    if str(path).lower().endswith(".seg.nrrd"):
+        node = _read_into(scene, slicer.vtkMRMLSegmentationNode(), slicer.vtkMRMLSegmentationStorageNode(), path, "segmentation")
+        if node is None:
+            raise InputError(f"cannot read segmentation {path}: not a Slicer .seg.nrrd")
+        node.CreateDefaultDisplayNodes()
+    else:
+        labelmap = load_volume(scene, path, "segmentation labelmap", labelmap=True)
+        names = read_label_names(label_names) if label_names else {}
+        node = segmentation_from_labelmap(scene, app, labelmap, names, _node_name(path))
+        scene.RemoveNode(labelmap)
+    if node.GetSegmentation().GetNumberOfSegments() == 0:
+        raise InputError(f"segmentation {path} has no segments")
+    return node
+
+
+def read_label_names(path) -> Dict[int, str]:
+    """Label value -> name from a Slicer color-table text file (`value name r g b a`)."""
+    path = _require_file(path, "label names")
+    names = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            names[int(parts[0])] = parts[1]
+        except (ValueError, IndexError):
+            raise InputError(f"{path} line {number}: expected 'value name r g b a', got '{line}'") from None
+    return names
+
+
+def segmentation_from_labelmap(scene, app: Optional[HeadlessApp], labelmap_node, names: Dict[int, str], name: str):
+    """Segments from the labels of a labelmap node, named from `names` or `label_N`."""
+    values = np.unique(slicer.util.arrayFromVolume(labelmap_node))
+    values = [int(v) for v in values if v != 0]
+    if not values:
+        raise InputError(f"segmentation labelmap '{name}' has no labels (all voxels are 0)")
+    segmentation_node = slicer.vtkMRMLSegmentationNode()
+    segmentation_node.SetName(name)
+    scene.AddNode(segmentation_node)
+    segmentation_node.CreateDefaultDisplayNodes()
+    if not _segmentations_logic(scene, app).ImportLabelmapToSegmentationNode(labelmap_node, segmentation_node):
+        raise InputError(f"cannot turn labelmap '{name}' into segments")
+    segmentation = segmentation_node.GetSegmentation()
+    for index, value in enumerate(values):
+        segmentation.GetNthSegment(index).SetName(names.get(value, f"label_{value}"))
+    return segmentation_node
+
+
+def _segmentations_logic(scene, app: Optional[HeadlessApp]):
+    if app is not None:
+        return app.segmentations_logic
+    # Inside Slicer the registered logic is the one to use; the module passes it as `app`.
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    return logic
+
+
+# --- arrays and geometry ------------------------------------------------------------------
+
+
+def ijk_to_ras_of(volume_node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def voxel_volume_mm3(volume_node) -> float:
+    return float(np.prod(volume_node.GetSpacing()))
+
+
+def array_of(volume_node) -> np.ndarray:
+    """The voxel array (k, j, i) of a volume node, as a view (do not write into it)."""
+    return slicer.util.arrayFromVolume(volume_node)
+
+
+def volume_from_array(scene, array_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str, labelmap: bool = False):
+    """A new volume node holding `array_kji` on the grid `ijk_to_ras`."""
+    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    scene.AddNode(node)
+    set_ijk_to_ras(node, ijk_to_ras)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array_kji))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def set_ijk_to_ras(node, ijk_to_ras: np.ndarray) -> None:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(ijk_to_ras[r, c]))
+    node.SetIJKToRASMatrix(matrix)
+
+
+def is_integer_volume(volume_node) -> bool:
+    return volume_node.GetImageData().GetScalarType() not in (vtk.VTK_FLOAT, vtk.VTK_DOUBLE)
+
+
+# --- segments -----------------------------------------------------------------------------
+
+
+def segment_ids(segmentation_node) -> List[str]:
+    ids = vtk.vtkStringArray()
+    segmentation_node.GetSegmentation().GetSegmentIDs(ids)
+    return [ids.GetValue(i) for i in range(ids.GetNumberOfValues())]
+
+
+def segment_name(segmentation_node, segment_id: str) -> str:
+    return segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+
+
+def default_role(name: str) -> str:
+    """The role a segment's name suggests: 'L3 normal' is a reference, 'T12/L1 disc' a disc."""
+    lower = name.lower()
+    if "normal" in lower or "reference" in lower:
+        return "reference"
+    if "disc" in lower or "disk" in lower:
+        return "disc"
+    if "muscle" in lower or "psoas" in lower or "paraspinal" in lower:
+        return "muscle"
+    return "lesion"
+
+
+def get_segment_role(segmentation_node, segment_id: str) -> str:
+    """The role stored on the segment (a segment tag, saved with the scene), else from its name."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    value = vtk.mutable("")
+    if segment.GetTag(ROLE_TAG, value) and str(value) in ROLES:
+        return str(value)
+    return default_role(segment.GetName())
+
+
+def set_segment_role(segmentation_node, segment_id: str, role: str) -> None:
+    if role not in ROLES:
+        raise InputError(f"segment role '{role}' unknown; use one of {', '.join(ROLES)}")
+    segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(ROLE_TAG, role)
+
+
+@dataclass
+class SegmentsOnGrid:
+    """Segments resampled onto one volume's grid. `labels` holds, per overlap layer, an array
+    (k, j, i) whose value v > 0 means segment `ids_per_layer[layer][v - 1]`."""
+
+    labels: List[np.ndarray]
+    ids_per_layer: List[List[str]]
+    outside_fraction: Dict[str, float]
+
+
+def segments_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, ids: Sequence[str], volume_node) -> SegmentsOnGrid:
+    """Export segments onto `volume_node`'s own grid (origin, spacing, direction and parent
+    transforms) with Slicer's segmentation logic, one labelmap per overlap layer so that
+    overlapping segments each keep all their voxels."""
+    logic = _segmentations_logic(scene, app)
+    segmentation = segmentation_node.GetSegmentation()
+    wanted = set(ids)
+    layers: List[List[str]] = []
+    for layer in range(segmentation.GetNumberOfLayers()):
+        in_layer = [sid for sid in segmentation.GetSegmentIDsForLayer(layer) if sid in wanted]
+        if in_layer:
+            layers.append(sorted(in_layer, key=list(ids).index))
+    labels = []
+    for layer_ids in layers:
+        id_array = vtk.vtkStringArray()
+        for sid in layer_ids:
+            id_array.InsertNextValue(sid)
+        labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+        scene.AddNode(labelmap)
+        try:
+            if not logic.ExportSegmentsToLabelmapNode(segmentation_node, id_array, labelmap, volume_node):
+                raise InputError(f"cannot export segments of '{segmentation_node.GetName()}' onto '{volume_node.GetName()}'")
+            labels.append(np.array(slicer.util.arrayFromVolume(labelmap)))
+        finally:
+            _remove_with_helpers(scene, labelmap)
+    outside = {sid: _fraction_outside(segmentation_node, sid, volume_node) for sid in ids}
+    return SegmentsOnGrid(labels, layers, outside)
+
+
+def _remove_with_helpers(scene, labelmap_node) -> None:
+    """Remove an exported labelmap and the display and color nodes the export made for it."""
+    display = labelmap_node.GetDisplayNode()
+    color = display.GetColorNode() if display else None
+    if color is not None and not color.GetSingletonTag():  # default color nodes are singletons
+        scene.RemoveNode(color)
+    scene.RemoveNode(labelmap_node)
+
+
+def _fraction_outside(segmentation_node, segment_id: str, volume_node) -> float:
+    """Fraction of the segment's own voxels whose centres fall outside the volume's extent."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    if image is None or image.GetPointData().GetScalars() is None:
+        return 1.0
+    extent = image.GetExtent()
+    dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+    if min(dims) <= 0:
+        return 1.0
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+    label_value = segment.GetLabelValue()
+    k, j, i = np.nonzero(values == label_value)
+    if k.size == 0:
+        return 1.0
+    image_to_world = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(image_to_world)
+    seg_ijk_to_ras = np.array([[image_to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+    points = np.vstack([i + extent[0], j + extent[2], k + extent[4], np.ones_like(i)]).astype(float)
+    world = seg_ijk_to_ras @ points
+    world = _transform_between(segmentation_node, volume_node, world)
+    target_ijk = np.linalg.inv(ijk_to_ras_of(volume_node)) @ world
+    shape_kji = array_of(volume_node).shape
+    inside = np.ones(points.shape[1], bool)
+    for axis, size in enumerate(shape_kji[::-1]):
+        inside &= (target_ijk[axis] > -0.5) & (target_ijk[axis] < size - 0.5)
+    return float(1.0 - inside.mean())
+
+
+def _transform_between(segmentation_node, volume_node, points_ras: np.ndarray) -> np.ndarray:
+    """Points in the segmentation's coordinates mapped into the volume's (parent transforms)."""
+    if segmentation_node.GetParentTransformNode() is None and volume_node.GetParentTransformNode() is None:
+        return points_ras
+    transform = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(
+        segmentation_node.GetParentTransformNode(), volume_node.GetParentTransformNode(), transform
+    )
+    source = vtk.vtkPoints()
+    source.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points_ras[:3].T), deep=True))
+    target = vtk.vtkPoints()
+    transform.TransformPoints(source, target)
+    out = np.ones_like(points_ras, dtype=float)
+    out[:3] = numpy_support.vtk_to_numpy(target.GetData()).T
+    return out
+
+
+def write_node(scene, node, path) -> None:
+    """Write a data node with a storage node of its kind (NRRD, .seg.nrrd, .ctbl, .tsv)."""
+    storage = node.GetStorageNode()
+    if storage is None:
+        storage = node.CreateDefaultStorageNode()
+        scene.AddNode(storage)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetFileName(os.fspath(path))
+    if not storage.WriteData(node):
+        raise InputError(f"cannot write {node.GetName()} to {path}")

@@ -1,0 +1,181 @@
+"""Results out: `results.csv`, `results.json`, a results table node with units and column
+descriptions (as Slicer's Segment Statistics does), and the overlay labelmap with its colors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+import slicer
+
+from . import __version__
+from .analysis import OVERLAY_CLASSES, AnalysisResult
+from .criteria import citation
+from .mrml import volume_from_array
+
+# (column, unit, description): the outside contract of results.csv, in order.
+COLUMNS = (
+    ("segment", "", "Segment name"),
+    ("role", "", "lesion, reference (normal marrow), disc or muscle"),
+    ("n_voxels_adc", "voxels", "Voxels of the ROI on the ADC map's own grid"),
+    ("volume_ml", "mL", "ROI volume on the ADC grid"),
+    ("adc_mean", "10^-3 mm^2/s", "Mean ADC (the statistic the cut-off was defined on)"),
+    ("adc_median", "10^-3 mm^2/s", "Median ADC"),
+    ("adc_sd", "10^-3 mm^2/s", "Standard deviation of ADC"),
+    ("adc_p10", "10^-3 mm^2/s", "10th percentile of ADC"),
+    ("adc_p90", "10^-3 mm^2/s", "90th percentile of ADC"),
+    ("fraction_at_or_below_cutoff", "fraction", "Fraction of ROI voxels with ADC at or below the cut-off"),
+    ("adc_class", "", "Lesions: malignant-range (mean ADC <= cut-off), benign-range or indeterminate"),
+    ("t1_ratio", "ratio", "Mean T1 signal / mean of the normal-marrow reference"),
+    ("t2_ratio", "ratio", "Mean T2 signal / mean of the normal-marrow reference"),
+    ("fs_ratio", "ratio", "Mean FS-T2/STIR signal / mean of the normal-marrow reference"),
+    ("t1_signal", "", "T1 relative to normal marrow: low, iso or high"),
+    ("t2_signal", "", "T2 relative to normal marrow: low, iso or high"),
+    ("fs_signal", "", "FS-T2/STIR relative to normal marrow: low, iso or high"),
+    ("ct_mean_hu", "HU", "Mean CT attenuation"),
+    ("differential", "", "Entities, most likely first (decision support, not a diagnosis)"),
+)
+COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
+
+CLASS_COLORS = {  # overlay value: (name, RGBA)
+    0: ("background", (0.0, 0.0, 0.0, 0.0)),
+    1: ("benign-range", (0.10, 0.75, 0.25, 1.0)),
+    2: ("indeterminate", (1.00, 0.85, 0.10, 1.0)),
+    3: ("malignant-range", (0.90, 0.10, 0.10, 1.0)),
+}
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e5 else f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(result: AnalysisResult, path) -> Path:
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMN_NAMES)
+        for row in result.rows:
+            writer.writerow([_cell(row[name]) for name in COLUMN_NAMES])
+    return path
+
+
+def result_document(result: AnalysisResult) -> dict:
+    """Everything results.json holds: rows, inputs, units decided, b-values, criteria with
+    their citations, warnings, versions and the disclaimer."""
+    options = result.options
+    criteria = options.criteria
+    used = {
+        "adc_cutoff": {"value": options.adc_cutoff, "unit": "10^-3 mm^2/s",
+                       "default": criteria["adc_cutoff"]["value"],
+                       "citation": citation(criteria, criteria["adc_cutoff"]["source"]),
+                       "where": criteria["adc_cutoff"]["where"]},
+        "indeterminate_band": {"value": options.indeterminate_band, "unit": "10^-3 mm^2/s",
+                               "citation": citation(criteria, criteria["indeterminate_band"]["source"])},
+        "signal_ratio": {"low_below": options.signal_low_below, "high_above": options.signal_high_above,
+                         "citation": citation(criteria, criteria["signal_ratio"]["source"])},
+        "min_voxels": {"value": options.min_voxels, "citation": citation(criteria, criteria["min_voxels"]["source"])},
+        "ct_sclerotic_min_hu": {"value": options.ct_sclerotic_min_hu,
+                                "citation": citation(criteria, criteria["ct"]["source"]), "where": criteria["ct"]["where"]},
+        "entities": {
+            key: {"label": entity["label"], "adc_mean": entity["adc"]["mean"], "adc_sd": entity["adc"]["sd"],
+                  "citation": citation(criteria, entity["adc"]["source"]), "where": entity["adc"]["where"]}
+            for key, entity in criteria["entities"].items()
+        },
+    }
+    segments = {detail["name"]: {k: v for k, v in detail.items() if k not in ("name",)} for detail in result.segments}
+    return {
+        "disclaimer": result.disclaimer,
+        "rows": [{name: _json_value(row[name]) for name in COLUMN_NAMES} for row in result.rows],
+        "segments": segments,
+        "inputs": result.inputs,
+        "adc": {"source": result.adc_source, "units": result.adc_units, "bvalues_s_per_mm2": result.bvalues_used,
+                "fit_method": options.fit_method if result.bvalues_used else None,
+                "bmin": options.bmin, "bmax": options.bmax},
+        "criteria": used,
+        "references": criteria["references"],
+        "warnings": result.warnings,
+        "versions": {"vertebral_marrow": __version__, "python": platform.python_version(),
+                     "numpy": np.__version__, "mrml": _slicer_version()},
+    }
+
+
+def _json_value(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _slicer_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return "slicer-core " + version("slicer-core")
+    except Exception:  # inside Slicer there is no wheel metadata; the application knows
+        return "Slicer"
+
+
+def write_json(result: AnalysisResult, path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(result_document(result), indent=2), encoding="utf-8")
+    return path
+
+
+def results_table_node(scene, result: AnalysisResult, node=None):
+    """A table node with one row per segment, column units and descriptions."""
+    table = node or scene.AddNewNodeByClass("vtkMRMLTableNode", "VertebralMarrow results")
+    table.RemoveAllColumns()
+    for name, unit, description in COLUMNS:
+        numeric = name not in ("segment", "role", "adc_class", "t1_signal", "t2_signal", "fs_signal", "differential")
+        column = table.AddColumn(vtk_array("double" if numeric else "string", name))
+        table.SetColumnUnitLabel(name, unit)
+        table.SetColumnDescription(name, description)
+        for row_index, row in enumerate(result.rows):
+            value = row[name]
+            if numeric:
+                column.InsertNextValue(float("nan") if value is None else float(value))
+            else:
+                column.InsertNextValue("" if value is None else str(value))
+    table.Modified()
+    table.SetAttribute("VertebralMarrow.Disclaimer", result.disclaimer)
+    return table
+
+
+def vtk_array(kind: str, name: str):
+    import vtk
+
+    array = vtk.vtkDoubleArray() if kind == "double" else vtk.vtkStringArray()
+    array.SetName(name)
+    return array
+
+
+def class_color_node(scene, node=None):
+    """The overlay's color table: 1 benign-range green, 2 indeterminate yellow, 3 malignant-range red."""
+    color = node or scene.AddNewNodeByClass("vtkMRMLColorTableNode", "VertebralMarrow classes")
+    color.SetTypeToUser()
+    color.SetNumberOfColors(len(CLASS_COLORS))
+    color.SetNamesInitialised(True)
+    for value, (name, rgba) in CLASS_COLORS.items():
+        color.SetColor(value, name, *rgba)
+    return color
+
+
+def overlay_node(scene, result: AnalysisResult, color_node, node=None):
+    """The overlay labelmap on the ADC grid, bound to the class colors."""
+    if node is None:
+        from .mrml import ijk_to_ras_of
+
+        node = volume_from_array(scene, result.overlay, ijk_to_ras_of(result.adc_node), "VertebralMarrow overlay", labelmap=True)
+    else:
+        slicer.util.updateVolumeFromArray(node, result.overlay)
+    node.GetDisplayNode().SetAndObserveColorNodeID(color_node.GetID())
+    return node

@@ -1,0 +1,108 @@
+"""Per-ROI statistics in one pass over the voxels (numpy only).
+
+Every voxel of every ROI is gathered once, sorted once by (label, value), and all the
+statistics are read off that order: the cost depends on the number of ROI voxels, not on the
+number of segments.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+STATISTICS = ("n", "mean", "median", "sd", "p10", "p90", "fraction_at_or_below_cutoff")
+
+
+def roi_statistics(values: np.ndarray, labels: np.ndarray, cutoff: float = np.nan) -> Dict[int, Dict[str, float]]:
+    """Statistics of `values` inside each label > 0 of `labels` (same shape).
+
+    Non-finite values are left out (their count is returned as `n_nonfinite`). Percentiles
+    interpolate linearly, as numpy's default. SD is the sample SD (ddof=1; 0 for one voxel).
+    """
+    values = np.asarray(values).ravel()
+    labels = np.asarray(labels).ravel()
+    in_roi = labels > 0
+    roi_values = values[in_roi].astype(np.float64)
+    roi_labels = labels[in_roi].astype(np.int64)
+    finite = np.isfinite(roi_values)
+    nonfinite_count = np.bincount(roi_labels[~finite], minlength=1)
+    roi_values, roi_labels = roi_values[finite], roi_labels[finite]
+
+    order = np.lexsort((roi_values, roi_labels))
+    sorted_values = roi_values[order]
+    present, starts, counts = np.unique(roi_labels[order], return_index=True, return_counts=True)
+
+    sums = np.add.reduceat(sorted_values, starts) if starts.size else np.zeros(0)
+    means = sums / np.maximum(counts, 1)
+    deviations = sorted_values - np.repeat(means, counts)
+    squares = np.add.reduceat(deviations * deviations, starts) if starts.size else np.zeros(0)
+    sds = np.sqrt(squares / np.maximum(counts - 1, 1))
+    at_or_below = np.add.reduceat((sorted_values <= cutoff).astype(np.int64), starts) if starts.size else np.zeros(0)
+
+    def percentile(q: float) -> np.ndarray:
+        position = starts + q * (counts - 1)
+        lower = np.floor(position).astype(np.int64)
+        upper = np.minimum(lower + 1, starts + counts - 1)
+        fraction = position - lower
+        return sorted_values[lower] * (1 - fraction) + sorted_values[upper] * fraction
+
+    medians, p10s, p90s = percentile(0.5), percentile(0.1), percentile(0.9)
+    result = {}
+    for index, label in enumerate(present):
+        result[int(label)] = {
+            "n": int(counts[index]),
+            "mean": float(means[index]),
+            "median": float(medians[index]),
+            "sd": float(sds[index]) if counts[index] > 1 else 0.0,
+            "p10": float(p10s[index]),
+            "p90": float(p90s[index]),
+            "fraction_at_or_below_cutoff": float(at_or_below[index] / counts[index]),
+            "n_nonfinite": int(nonfinite_count[label]) if label < nonfinite_count.size else 0,
+        }
+    for label in np.nonzero(nonfinite_count)[0]:
+        if int(label) not in result and label > 0:
+            result[int(label)] = {"n": 0, "n_nonfinite": int(nonfinite_count[label])}
+    return result
+
+
+def roi_means(values: np.ndarray, labels: np.ndarray) -> Dict[int, Tuple[float, int]]:
+    """(mean, voxel count) of the finite `values` inside each label > 0 (signal intensities)."""
+    values = np.asarray(values).ravel()
+    labels = np.asarray(labels).ravel()
+    keep = (labels > 0) & np.isfinite(values)
+    sums = np.bincount(labels[keep], weights=values[keep].astype(np.float64))
+    counts = np.bincount(labels[keep])
+    return {int(label): (float(sums[label] / counts[label]), int(counts[label])) for label in np.nonzero(counts)[0]}
+
+
+def classify_signal(ratio: Optional[float], low_below: float, high_above: float) -> str:
+    """'low' | 'iso' | 'high' for a lesion / reference signal ratio; 'n/a' when not measured."""
+    if ratio is None or not np.isfinite(ratio):
+        return "n/a"
+    if ratio < low_below:
+        return "low"
+    if ratio > high_above:
+        return "high"
+    return "iso"
+
+
+def classify_adc(mean_adc: float, cutoff: float, band: float) -> str:
+    """'malignant' | 'benign' | 'indeterminate' for a lesion's mean ADC (10^-3 mm^2/s).
+
+    Kaur 2020: mean ADC <= cut-off is malignant-range, above it benign-range. With a band
+    > 0, means within cut-off +/- band are indeterminate instead.
+    """
+    if band > 0 and abs(mean_adc - cutoff) <= band:
+        return "indeterminate"
+    return "malignant" if mean_adc <= cutoff else "benign"
+
+
+def classify_voxels(adc: np.ndarray, cutoff: float, band: float) -> np.ndarray:
+    """Voxel classes for the overlay: 1 benign-range, 2 indeterminate, 3 malignant-range
+    (0 where the ADC is not finite). Same rule as `classify_adc`."""
+    classes = np.where(adc <= cutoff, 3, 1).astype(np.uint8)
+    if band > 0:
+        classes[np.abs(adc - cutoff) <= band] = 2
+    classes[~np.isfinite(adc)] = 0
+    return classes

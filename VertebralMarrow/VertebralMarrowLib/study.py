@@ -1,0 +1,132 @@
+"""A study from files: paths in, MRML nodes out (the CLI's and plain Python's front door)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .analysis import StudyNodes
+from .errors import InputError
+from .mrml import HeadlessApp, load_segmentation, load_volume, read_image_sitk, volume_from_array
+
+
+@dataclass
+class StudyFiles:
+    seg: Path
+    label_names: Optional[Path] = None
+    adc: Optional[Path] = None
+    dwi: Sequence[Path] = ()
+    bvalues: Sequence[float] = ()
+    dwi_dicom: Optional[Path] = None
+    t1: Optional[Path] = None
+    t2: Optional[Path] = None
+    fs: Optional[Path] = None
+    ct: Optional[Path] = None
+    in_phase: Optional[Path] = None
+    opposed_phase: Optional[Path] = None
+    fat_fraction: Optional[Path] = None
+    roles: dict = field(default_factory=dict)
+
+
+def parse_bvalues(text: str) -> List[float]:
+    """'0,50,400,800' -> [0.0, 50.0, 400.0, 800.0] (s/mm^2)."""
+    try:
+        values = [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise InputError(f"--bvalues '{text}' is not a comma-separated list of numbers (e.g. 0,50,400,800)") from None
+    if not values:
+        raise InputError("--bvalues is empty; give one b-value (s/mm^2) per DWI volume, e.g. 0,50,400,800")
+    return values
+
+
+def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
+    """Load every given file into `app.scene` and return the study's nodes."""
+    scene = app.scene
+    given = [flag for flag, value in (("--adc", files.adc), ("--dwi", files.dwi), ("--dwi-dicom", files.dwi_dicom)) if value]
+    if not given:
+        raise InputError("no ADC input: give --adc (a scanner ADC map), --dwi with --bvalues, or --dwi-dicom")
+    if len(given) > 1:
+        raise InputError(f"give one ADC input, not {' and '.join(given)}")
+    segmentation = load_segmentation(scene, app, files.seg, files.label_names)
+    study = StudyNodes(segmentation=segmentation, roles=dict(files.roles))
+    if files.adc is not None:
+        study.adc = load_volume(scene, files.adc, "ADC map")
+    elif files.dwi:
+        study.dwi, study.bvalues = load_dwi(scene, files.dwi, files.bvalues)
+    else:
+        study.dwi, study.bvalues = load_dwi_dicom(scene, files.dwi_dicom)
+    for key, what in (("t1", "T1"), ("t2", "T2"), ("fs", "FS-T2/STIR"), ("ct", "CT"),
+                      ("in_phase", "in-phase"), ("opposed_phase", "opposed-phase"), ("fat_fraction", "fat fraction")):
+        path = getattr(files, key)
+        if path is not None:
+            setattr(study, key, load_volume(scene, path, what))
+    return study
+
+
+def load_dwi(scene, paths: Sequence[Path], bvalues: Sequence[float]) -> Tuple[list, List[float]]:
+    """DWI volumes and their b-values: several 3-D files with --bvalues in the same order, or
+    one 4-D file (b-values along the last axis) with --bvalues or its own metadata."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        array, ijk_to_ras = read_image_sitk(paths[0], "DWI")
+        if array.ndim == 4:
+            values = list(bvalues) or bvalues_from_metadata(paths[0], array.shape[-1])
+            if len(values) != array.shape[-1]:
+                raise InputError(f"4-D DWI {paths[0]} has {array.shape[-1]} volumes but {len(values)} b-values were given")
+            nodes = [volume_from_array(scene, np.ascontiguousarray(array[..., n]), ijk_to_ras, f"DWI b={values[n]:g}")
+                     for n in range(array.shape[-1])]
+            return nodes, [float(v) for v in values]
+    if not bvalues:
+        raise InputError("--dwi with 3-D files needs --bvalues, one per file in the same order (e.g. --bvalues 0,50,400,800)")
+    if len(bvalues) != len(paths):
+        raise InputError(f"{len(paths)} DWI files but {len(bvalues)} b-values; give one b-value per file")
+    return [load_volume(scene, path, "DWI") for path in paths], [float(v) for v in bvalues]
+
+
+def bvalues_from_metadata(path: Path, count: int) -> List[float]:
+    """b-values of a 4-D DWI from a Slicer/NRRD DWMRI header or an FSL `.bval` beside it."""
+    sidecar = _bval_sidecar(path)
+    if sidecar is not None:
+        values = [float(v) for v in sidecar.read_text().split()]
+        if len(values) == count:
+            return values
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    keys = set(reader.GetMetaDataKeys())
+    if "DWMRI_b-value" in keys:
+        b_max = float(reader.GetMetaData("DWMRI_b-value"))
+        values = []
+        for n in range(count):
+            key = f"DWMRI_gradient_{n:04d}"
+            if key not in keys:
+                break
+            gradient = np.array([float(g) for g in reader.GetMetaData(key).split()])
+            values.append(b_max * float(gradient @ gradient))
+        if len(values) == count:
+            return values
+    raise InputError(f"4-D DWI {path} carries no b-values (no DWMRI header, no .bval beside it); give --bvalues")
+
+
+def _bval_sidecar(path: Path) -> Optional[Path]:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha"):
+        if name.lower().endswith(suffix):
+            candidate = path.with_name(name[: -len(suffix)] + ".bval")
+            return candidate if candidate.is_file() else None
+    return None
+
+
+def load_dwi_dicom(scene, folder: Path) -> Tuple[list, List[float]]:
+    """DWI volumes (trace-weighted, one per b-value) and b-values read from DICOM headers."""
+    from .dicom_dwi import read_dwi_dicom
+
+    series = read_dwi_dicom(folder)
+    nodes = [volume_from_array(scene, volume, series.ijk_to_ras, f"DWI b={b:g}")
+             for volume, b in zip(series.volumes, series.bvalues)]
+    return nodes, list(series.bvalues)
