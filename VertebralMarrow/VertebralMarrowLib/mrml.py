@@ -41,6 +41,9 @@ def new_scene() -> HeadlessApp:
     """An MRML scene built as Slicer builds its own: application logic, color logic with the
     default color nodes, and the segmentations logic registered (without it segment
     representation converters are missing and conversions silently give empty results)."""
+    # Headless, VTK's informational messages ("removing old version of file") are noise; our
+    # own errors report every failure the analysis can meet.
+    vtk.vtkObject.GlobalWarningDisplayOff()
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
@@ -160,9 +163,7 @@ def read_label_names(path) -> Dict[int, str]:
 
 def segmentation_from_labelmap(scene, app: Optional[HeadlessApp], labelmap_node, names: Dict[int, str], name: str):
     """Segments from the labels of a labelmap node, named from `names` or `label_N`."""
-    values = np.unique(slicer.util.arrayFromVolume(labelmap_node))
-    values = [int(v) for v in values if v != 0]
-    if not values:
+    if not np.any(slicer.util.arrayFromVolume(labelmap_node)):
         raise InputError(f"segmentation labelmap '{name}' has no labels (all voxels are 0)")
     segmentation_node = slicer.vtkMRMLSegmentationNode()
     segmentation_node.SetName(name)
@@ -171,8 +172,10 @@ def segmentation_from_labelmap(scene, app: Optional[HeadlessApp], labelmap_node,
     if not _segmentations_logic(scene, app).ImportLabelmapToSegmentationNode(labelmap_node, segmentation_node):
         raise InputError(f"cannot turn labelmap '{name}' into segments")
     segmentation = segmentation_node.GetSegmentation()
-    for index, value in enumerate(values):
-        segmentation.GetNthSegment(index).SetName(names.get(value, f"label_{value}"))
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        value = segment.GetLabelValue()  # the import keeps each label's value
+        segment.SetName(names.get(value, f"label_{value}"))
     return segmentation_node
 
 

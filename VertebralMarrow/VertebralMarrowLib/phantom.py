@@ -4,7 +4,7 @@ reference, imaged as a real exam is, each sequence on its own grid.
 Anatomy is analytic (elliptic-cylinder vertebral bodies and discs, a CSF canal, paraspinal
 muscle, spherical lesions, a band-like fracture oedema), so every sequence samples the same
 truth at its own voxel centres. Lesion ADCs are drawn from the cited entity tables (mean +/- SD
-in criteria.json, kept within one SD so every lesion is typical of its entity); signal patterns
+in criteria.json, kept within half an SD so every lesion is typical of its entity); signal patterns
 follow the entity table. Deterministic for a seed.
 
 Files written (RAS grids, NRRD): t1.nrrd, t2.nrrd (sagittal, anisotropic), stir.nrrd,
@@ -53,7 +53,7 @@ ENTITY_DWI_S0 = {
     "hemangioma": 450.0,
     "benign_compression_fracture": 600.0,
     "metastasis_lytic": 600.0,
-    "metastasis_blastic": 120.0,
+    "metastasis_blastic": 200.0,
     "pyogenic_spondylitis": 650.0,
     "tuberculous_spondylitis": 600.0,
     "myeloma_leukemia": 250.0,
@@ -190,11 +190,11 @@ class Anatomy:
 
 
 def draw_lesion_adcs(criteria: dict, rng: np.random.Generator) -> Dict[str, float]:
-    """One mean ADC per lesion from its entity's published mean +/- SD, kept within one SD."""
+    """One mean ADC per lesion from its entity's published mean +/- SD, kept within half an SD."""
     drawn = {}
     for lesion in LESIONS:
         adc = criteria["entities"][lesion.entity]["adc"]
-        drawn[lesion.segment] = float(adc["mean"] + adc["sd"] * np.clip(rng.standard_normal(), -1.0, 1.0))
+        drawn[lesion.segment] = float(adc["mean"] + adc["sd"] * np.clip(rng.standard_normal(), -0.5, 0.5))
     return drawn
 
 
