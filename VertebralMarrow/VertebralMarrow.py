@@ -1,0 +1,659 @@
+"""Vertebral Marrow: quantitative MRI of vertebral bone marrow in 3D Slicer.
+
+The radiologist's panel (VertebralMarrowWidget), the console API (VertebralMarrowLogic) and
+the in-Slicer self-test (VertebralMarrowTest). Everything that computes or decides lives in
+VertebralMarrowLib (analysis, outputs, export, and panel for what this panel decides); this
+file only binds it to Slicer's application, scene and widgets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated, Callable, List, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLSequenceNode,
+    vtkMRMLTableNode,
+)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from VertebralMarrowLib import DISCLAIMER, __version__
+from VertebralMarrowLib import analysis, export, panel
+from VertebralMarrowLib.mrml import HeadlessApp
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer releases before translations (5.2, 5.3)
+    def _(text):
+        return text
+
+
+#
+# VertebralMarrow
+#
+
+
+class VertebralMarrow(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Vertebral Marrow")
+        self.parent.categories = [_("Quantification")]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["VertebralMarrow developers"]
+        self.parent.helpText = _(
+            "Quantitative MRI of vertebral bone marrow lesions: ADC (from the scanner's map or fitted from "
+            "multi-b DWI), T1/T2/FS-T2 (STIR) signal relative to normal marrow, CT attenuation, a per-voxel "
+            "overlay of the ADC classes (benign-range green, indeterminate yellow, malignant-range red) and a "
+            "ranked differential with the reasons for each entity.<br/><br/>"
+            "Draw lesion and normal-marrow ROIs as segments, give each segment its role, choose the volumes "
+            "and press Apply. Export writes a report folder (CSV, JSON, overlay, snapshots, HTML report and "
+            "a scene).<br/><br/>"
+        ) + "<b>" + _(DISCLAIMER) + "</b><br/>" + _("Version") + f" {__version__}."
+        self.parent.acknowledgementText = _(
+            "The thresholds and entity values come from the published sources below; numbers marked "
+            "'project default' in criteria.json are engineering choices, not published thresholds."
+        ) + "<ul>" + "".join(f"<li>{text}</li>" for text in panel.citations()) + "</ul>"
+
+
+#
+# VertebralMarrowParameterNode
+#
+
+
+@parameterNodeWrapper
+class VertebralMarrowParameterNode:
+    """
+    The panel's choices, saved with the scene.
+
+    segmentation - lesion, normal-marrow (reference), disc and muscle ROIs; roles are segment tags.
+    adcVolume - the scanner's ADC map (units decided from the values unless adcUnits says).
+    dwiSequence, dwiVolumes - multi-b DWI to fit the ADC from (a sequence, or one volume per b-value).
+    bvalues - b-values (s/mm^2) of the DWI volumes in order, "0,50,400,800"; empty: from the
+        sequence's index values or the volume names.
+    t1Volume, t2Volume, fsVolume, ctVolume - optional volumes measured in every ROI.
+    displayVolume - the slice views' background under the overlay (default: the ADC map).
+    cutoff - ADC cut-off, 10^-3 mm^2/s: mean ADC at or below it is malignant-range (Kaur 2020).
+    indeterminateBand - means within cut-off +/- band are indeterminate (0: no band).
+    signalLowBelow, signalHighAbove - lesion/reference signal ratios called low / high.
+    fitMethod, bmin, bmax - the DWI fit; b-value limits of 0 mean no limit.
+    showOverlay, overlayOpacity - the overlay in the slice views.
+    resultsTable, overlayVolume - the outputs (created by Apply when empty, reused after).
+    """
+
+    segmentation: vtkMRMLSegmentationNode
+    adcVolume: vtkMRMLScalarVolumeNode
+    dwiSequence: vtkMRMLSequenceNode
+    dwiVolumes: List[vtkMRMLScalarVolumeNode]
+    bvalues: str = ""
+    t1Volume: vtkMRMLScalarVolumeNode
+    t2Volume: vtkMRMLScalarVolumeNode
+    fsVolume: vtkMRMLScalarVolumeNode
+    ctVolume: vtkMRMLScalarVolumeNode
+    displayVolume: vtkMRMLScalarVolumeNode
+    cutoff: Annotated[float, WithinRange(0.1, 4.0)] = 1.21
+    indeterminateBand: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    adcUnits: Annotated[str, Choice(["auto", "mm2/s", "1e-3", "1e-6"])] = "auto"
+    signalLowBelow: Annotated[float, WithinRange(0.1, 1.0)] = 0.8
+    signalHighAbove: Annotated[float, WithinRange(1.0, 5.0)] = 1.2
+    fitMethod: Annotated[str, Choice(["iwls", "ols"])] = "iwls"
+    bmin: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    bmax: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    showOverlay: bool = True
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    resultsTable: vtkMRMLTableNode
+    overlayVolume: vtkMRMLLabelMapVolumeNode
+
+
+#
+# VertebralMarrowWidget
+#
+
+
+class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._observedSegmentation = None
+        self._roleRows = []  # (segment id, name) of the rows the roles table shows
+        self._lesionNames = []
+        self._updatingGui = False
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/VertebralMarrow.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # The .ui connects the top-level widget's mrmlSceneChanged(vtkMRMLScene*) signal to the
+        # setMRMLScene(vtkMRMLScene*) slot of every MRML widget.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = VertebralMarrowLogic()
+
+        # These connections ensure that we update parameter node when scene is closed
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.disclaimerLabel.text = _(DISCLAIMER)
+        self.ui.differentialBrowser.setHtml(panel.differential_html(None, None))
+
+        # Buttons and the widgets not bound to the parameter node
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.dwiVolumesSelector.connect("checkedNodesChanged()", self.onDwiVolumesChanged)
+        self.ui.lesionComboBox.connect("currentIndexChanged(int)", self.onLesionChanged)
+        self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onResultsTableClicked)
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        # Make sure parameter node exists and observed
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        # Do not react to parameter node changes (GUI will be updated when the user enters into the module)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed."""
+        # Parameter node will be reset, do not use it anymore
+        self.setParameterNode(None)
+        self.logic.forgetResult()
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        # If this module is shown while the scene is closed then recreate a new parameter node immediately
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
+        # Parameter node stores all user choices in parameter values, node selections, etc.
+        # so that when the scene is saved and reloaded, these settings are restored.
+        self.setParameterNode(self.logic.getParameterNode())
+
+        # Select a segmentation if nothing is selected yet to save a click
+        if not self._parameterNode.segmentation:
+            firstSegmentationNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+            if firstSegmentationNode:
+                self._parameterNode.segmentation = firstSegmentationNode
+
+    def setParameterNode(self, inputParameterNode: Optional[VertebralMarrowParameterNode]) -> None:
+        """
+        Set and observe parameter node.
+        Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
+        """
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
+            # ui element that needs connection.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._checkCanApply()
+        self._onParameterNodeModified()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        blocker = _(panel.apply_blocker(self._parameterNode)) if self._parameterNode else _("No parameter node.")
+        if not blocker:
+            self.ui.applyButton.toolTip = _("Measure every ROI, classify the lesions and rank their differential")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.toolTip = blocker
+            self.ui.applyButton.enabled = False
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Update the parts of the panel the parameter node does not bind by itself."""
+        if self._updatingGui:
+            return
+        self._updatingGui = True
+        try:
+            self._updateDwiVolumesSelector()
+            self.ui.dwiSummaryLabel.text = panel.dwi_summary(self._parameterNode) if self._parameterNode else ""
+            self._updateRolesTable()
+            self._updateResults()
+            self.logic.updateOverlayDisplay(self._parameterNode)
+        finally:
+            self._updatingGui = False
+
+    # --- DWI volumes (a node list: no parameter node connector, kept in step here) ---
+
+    def _updateDwiVolumesSelector(self) -> None:
+        selector = self.ui.dwiVolumesSelector
+        wanted = set(node.GetID() for node in (self._parameterNode.dwiVolumes if self._parameterNode else []) if node)
+        if set(node.GetID() for node in selector.checkedNodes()) == wanted:
+            return
+        wasBlocked = selector.blockSignals(True)
+        for index in range(selector.nodeCount()):
+            node = selector.nodeFromIndex(index)
+            selector.setCheckState(node, qt.Qt.Checked if node.GetID() in wanted else qt.Qt.Unchecked)
+        selector.blockSignals(wasBlocked)
+
+    def onDwiVolumesChanged(self) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.dwiVolumes = list(self.ui.dwiVolumesSelector.checkedNodes())
+
+    # --- segment roles ---
+
+    def _observeSegmentation(self, segmentationNode) -> None:
+        if segmentationNode is self._observedSegmentation:
+            return
+        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+        if self._observedSegmentation is not None:
+            for event in events:
+                self.removeObserver(self._observedSegmentation, event, self._onSegmentsModified)
+        self._observedSegmentation = segmentationNode
+        if segmentationNode is not None:
+            for event in events:
+                self.addObserver(segmentationNode, event, self._onSegmentsModified)
+
+    def _onSegmentsModified(self, caller=None, event=None) -> None:
+        self._updateRolesTable()
+        self._checkCanApply()
+
+    def _updateRolesTable(self) -> None:
+        segmentationNode = self._parameterNode.segmentation if self._parameterNode else None
+        self._observeSegmentation(segmentationNode)
+        rows = panel.segment_role_rows(segmentationNode)
+        table = self.ui.segmentRolesTable
+        shown = [(segmentId, name) for segmentId, name, _role in rows]
+        if shown != self._roleRows:
+            table.setRowCount(len(rows))
+            for rowIndex, (segmentId, name, role) in enumerate(rows):
+                item = qt.QTableWidgetItem(name)
+                item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)
+                table.setItem(rowIndex, 0, item)
+                combo = qt.QComboBox()
+                combo.addItems(list(panel.ROLE_CHOICES))
+                combo.toolTip = _("lesion: measured and classified; reference: normal marrow the signal ratios are "
+                                  "divided by; disc, muscle: T1 internal standards; ignore: not measured")
+                combo.setCurrentIndex(panel.ROLE_CHOICES.index(role))
+                combo.connect("currentIndexChanged(int)",
+                              lambda index, segmentId=segmentId: self.onRoleChanged(segmentId, panel.ROLE_CHOICES[index]))
+                table.setCellWidget(rowIndex, 1, combo)
+            self._roleRows = shown
+            return
+        for rowIndex, (_segmentId, _name, role) in enumerate(rows):
+            combo = table.cellWidget(rowIndex, 1)
+            if combo is not None and combo.currentIndex != panel.ROLE_CHOICES.index(role):
+                wasBlocked = combo.blockSignals(True)
+                combo.setCurrentIndex(panel.ROLE_CHOICES.index(role))
+                combo.blockSignals(wasBlocked)
+
+    def onRoleChanged(self, segmentId: str, role: str) -> None:
+        if self._parameterNode is None or self._parameterNode.segmentation is None:
+            return
+        panel.set_role(self._parameterNode.segmentation, segmentId, role)
+
+    # --- results ---
+
+    def _updateResults(self) -> None:
+        table = self._parameterNode.resultsTable if self._parameterNode else None
+        shown = self.ui.resultsTableView.mrmlTableNode()
+        if (shown.GetID() if shown else None) != (table.GetID() if table else None):
+            self.ui.resultsTableView.setMRMLTableNode(table)
+        document = panel.result_from_table(table)
+        names = panel.lesion_names(document)
+        combo = self.ui.lesionComboBox
+        if names != self._lesionNames:
+            current = combo.currentText
+            wasBlocked = combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentIndex(names.index(current))
+            combo.blockSignals(wasBlocked)
+            self._lesionNames = names
+        self.ui.differentialBrowser.setHtml(panel.differential_html(document, combo.currentText or None))
+        self.ui.exportButton.enabled = self.logic.lastResult is not None
+
+    def onLesionChanged(self, index: int) -> None:
+        self._updateResults()
+
+    def onResultsTableClicked(self, modelIndex) -> None:
+        """Show the differential of the segment in the clicked row (column 0 is the segment name)."""
+        segment = modelIndex.sibling(modelIndex.row(), 0).data()
+        if segment in self._lesionNames:
+            self.ui.lesionComboBox.setCurrentIndex(self._lesionNames.index(segment))
+
+    # --- actions ---
+
+    def onApplyButton(self) -> None:
+        """Run processing when user clicks "Apply" button."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
+            progressDialog = slicer.util.createProgressDialog(
+                windowTitle=_("Vertebral Marrow"), labelText=_("Starting the analysis"), maximum=100)
+
+            def progress(fraction: float, text: str) -> None:
+                progressDialog.labelText = text
+                progressDialog.value = int(round(100 * fraction))
+                slicer.app.processEvents()
+
+            def cancelled() -> bool:
+                return progressDialog.wasCanceled
+
+            try:
+                self.logic.process(self._parameterNode, progress=progress, cancelled=cancelled)
+            except analysis.Cancelled:
+                slicer.util.showStatusMessage(_("Analysis cancelled."), 3000)
+            finally:
+                progressDialog.close()
+            self._onParameterNodeModified()
+
+    def onExportButton(self) -> None:
+        """Write the report folder of the last analysis into a folder the user chooses."""
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Folder for the Vertebral Marrow report"), qt.QDir.homePath())
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the report."), waitCursor=True):
+            files = self.logic.exportReport(folder)
+            slicer.util.showStatusMessage(_("Report written:") + f" {os.path.join(folder, 'report.html')}", 5000)
+            logging.info(f"Vertebral Marrow report: {len(files)} files written in {folder}")
+
+
+#
+# VertebralMarrowLogic
+#
+
+
+class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
+    """The console API: a thin adapter from Slicer's scene and parameter node to
+    VertebralMarrowLib.analysis.analyze, publishing and showing its results.
+
+    Example (Slicer's Python console)::
+
+        import VertebralMarrow
+        logic = VertebralMarrow.VertebralMarrowLogic()
+        params = logic.getParameterNode()
+        params.segmentation = getNode("rois")
+        params.adcVolume = getNode("adc_scanner")
+        params.t1Volume, params.t2Volume, params.fsVolume = getNode("t1"), getNode("t2"), getNode("stir")
+        result = logic.process(params)
+        for row in result.lesion_rows:
+            print(row["segment"], row["adc_mean"], row["adc_class"], row["differential"])
+        logic.exportReport("/tmp/vertebral-marrow-report")
+    """
+
+    def __init__(self) -> None:
+        """Called when the logic class is instantiated. Can be used for initializing member variables."""
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.lastStudy = None
+        self.lastResult = None
+        self._fittedAdcNode = None
+        self._shownOverlay = None
+
+    def getParameterNode(self):
+        return VertebralMarrowParameterNode(super().getParameterNode())
+
+    def forgetResult(self) -> None:
+        """Drop the last analysis (its nodes go with the scene being closed)."""
+        self.lastStudy = self.lastResult = None
+        self._fittedAdcNode = None
+        self._shownOverlay = None
+
+    @staticmethod
+    def application() -> HeadlessApp:
+        """Slicer's own scene and logics, in the shape the library takes."""
+        return HeadlessApp(
+            scene=slicer.mrmlScene,
+            app_logic=slicer.app.applicationLogic(),
+            segmentations_logic=slicer.modules.segmentations.logic(),
+        )
+
+    def analyze(self, study: analysis.StudyNodes, options=None,
+                progress: Optional[Callable[[float, str], None]] = None,
+                cancelled: Optional[Callable[[], bool]] = None) -> analysis.AnalysisResult:
+        """Analyse a study given as nodes (VertebralMarrowLib.analysis.StudyNodes) with
+        VertebralMarrowLib.criteria.Options; nothing is published or shown."""
+        result = analysis.analyze(slicer.mrmlScene, study, options, app=self.application(),
+                                  progress=progress, cancelled=cancelled)
+        # A fitted ADC map is a new node each run: the previous run's one goes.
+        if self._fittedAdcNode is not None and self._fittedAdcNode is not result.adc_node \
+                and self._fittedAdcNode.GetScene() is slicer.mrmlScene:
+            slicer.mrmlScene.RemoveNode(self._fittedAdcNode)
+        self._fittedAdcNode = result.adc_node if study.adc is None else None
+        self.lastStudy, self.lastResult = study, result
+        return result
+
+    def process(self, parameterNode, progress: Optional[Callable[[float, str], None]] = None,
+                cancelled: Optional[Callable[[], bool]] = None, showResult: bool = True) -> analysis.AnalysisResult:
+        """Analyse the study the parameter node selects, publish the results table and overlay
+        (reusing the parameter node's output nodes) and show the overlay in the slice views."""
+        if parameterNode is None:
+            raise ValueError("no parameter node")
+        study = panel.study_from_parameters(parameterNode)
+        options = panel.options_from_parameters(parameterNode)
+        result = self.analyze(study, options, progress=progress, cancelled=cancelled)
+        published = panel.publish(slicer.mrmlScene, result, table=parameterNode.resultsTable,
+                                  overlay=parameterNode.overlayVolume)
+        parameterNode.resultsTable = published.table
+        parameterNode.overlayVolume = published.overlay
+        if showResult:
+            self.showResult(parameterNode, result)
+        return result
+
+    def showResult(self, parameterNode, result: analysis.AnalysisResult) -> None:
+        """The overlay over the display volume (or the ADC map) in every slice view."""
+        background = panel.background_volume(parameterNode.displayVolume, result)
+        self._shownOverlay = None
+        slicer.util.setSliceViewerLayers(background=background, fit=True)
+        self.updateOverlayDisplay(parameterNode)
+
+    def updateOverlayDisplay(self, parameterNode) -> None:
+        """Show or hide the overlay, at the chosen opacity, when either changed."""
+        if parameterNode is None or parameterNode.overlayVolume is None:
+            return
+        label = parameterNode.overlayVolume if parameterNode.showOverlay else None
+        state = (label.GetID() if label else None, round(float(parameterNode.overlayOpacity), 3))
+        if state == self._shownOverlay:
+            return
+        slicer.util.setSliceViewerLayers(label=label, labelOpacity=float(parameterNode.overlayOpacity))
+        self._shownOverlay = state
+
+    def exportReport(self, folder, progress: Optional[Callable[[float, str], None]] = None) -> list:
+        """Write the report folder of the last analysis (CSV, JSON, overlay, snapshots, HTML
+        report, scene) from a private copy, so the user's scene is left as it was."""
+        if self.lastResult is None:
+            raise ValueError("there is no analysis to export yet: press Apply first")
+        app, study, result = panel.export_copy(self.lastStudy, self.lastResult)
+        try:
+            return export.write_output_folder(app, study, result, folder, progress=progress)
+        finally:
+            app.scene.Clear(1)
+
+
+#
+# VertebralMarrowTest
+#
+
+
+class VertebralMarrowTest(ScriptedLoadableModuleTest):
+    """
+    Runs the panel's Apply path on a small study built in code (VertebralMarrowLib.panel.
+    self_test_study: the same study the test suite analyses outside Slicer) and checks the
+    results table, the overlay classes, the roles table and the export.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_VertebralMarrowApplyAdcMap()
+        self.setUp()
+        self.test_VertebralMarrowApplyDwi()
+        self.setUp()
+        self.test_VertebralMarrowRolesAndExport()
+
+    def _widgetAndParameters(self, dwi=False):
+        widget = slicer.util.getModuleWidget("VertebralMarrow")
+        widget.initializeParameterNode()
+        study, expected = panel.self_test_study(slicer.mrmlScene, VertebralMarrowLogic.application(), dwi=dwi)
+        parameters = widget.logic.getParameterNode()
+        parameters.segmentation = study.segmentation
+        parameters.adcVolume = study.adc
+        parameters.dwiVolumes = list(study.dwi)
+        parameters.bvalues = ""
+        parameters.t1Volume = study.t1
+        parameters.t2Volume = study.t2
+        parameters.fsVolume = study.fs
+        parameters.resultsTable = None
+        parameters.overlayVolume = None
+        return widget, parameters, expected
+
+    def _checkResults(self, parameters, expected, rows, places):
+        import numpy as np
+
+        table = parameters.resultsTable
+        self.assertIsNotNone(table)
+        self.assertEqual(table.GetNumberOfRows(), len(rows))
+        segments = [table.GetCellText(row, table.GetColumnIndex("segment")) for row in range(table.GetNumberOfRows())]
+        self.assertEqual(segments, rows)
+        for row, name in enumerate(segments):
+            role, adcClass = expected["rows"][name]
+            self.assertEqual(table.GetCellText(row, table.GetColumnIndex("role")), role)
+            self.assertEqual(table.GetCellText(row, table.GetColumnIndex("adc_class")), adcClass)
+            adcMean = float(slicer.util.arrayFromTableColumn(table, "adc_mean")[row])
+            self.assertAlmostEqual(adcMean, expected["adc_mean"][name], places=places)
+        overlay = parameters.overlayVolume
+        self.assertIsNotNone(overlay)
+        values, counts = np.unique(slicer.util.arrayFromVolume(overlay), return_counts=True)
+        return dict(zip(values.tolist(), counts.tolist()))
+
+    def test_VertebralMarrowApplyAdcMap(self):
+        self.delayDisplay("Apply on a scanner-style ADC map with T1, T2 and FS")
+        widget, parameters, expected = self._widgetAndParameters()
+        self.assertTrue(widget.ui.applyButton.enabled)
+        self.assertEqual(widget.ui.segmentRolesTable.rowCount, 3)
+
+        widget.onApplyButton()
+
+        counts = self._checkResults(parameters, expected, ["L2 lesion", "L4 lesion", "L3 normal"], places=4)
+        self.assertEqual(counts, expected["overlay_counts"])
+        table = parameters.resultsTable
+        for name, signals in expected["signals"].items():
+            row = [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())].index(name)
+            self.assertEqual(tuple(table.GetCellText(row, table.GetColumnIndex(c)) for c in ("t1_signal", "t2_signal", "fs_signal")), signals)
+        differential = table.GetCellText(1, table.GetColumnIndex("differential"))
+        self.assertEqual(differential.split(";")[0], expected["first_entity"]["L4 lesion"])
+
+        # The overlay is shown as the label layer of the slice views
+        compositeNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceCompositeNode()
+        self.assertEqual(compositeNode.GetLabelVolumeID(), parameters.overlayVolume.GetID())
+        self.assertAlmostEqual(compositeNode.GetLabelOpacity(), parameters.overlayOpacity)
+        parameters.showOverlay = False
+        self.assertIsNone(compositeNode.GetLabelVolumeID())
+        parameters.showOverlay = True
+
+        # The differential box shows the chosen lesion's ranking and the disclaimer
+        self.assertEqual(widget.ui.lesionComboBox.count, 2)
+        widget.ui.lesionComboBox.setCurrentIndex(1)
+        text = widget.ui.differentialBrowser.toPlainText()
+        self.assertIn("L4 lesion", text)
+        self.assertIn("Haemangioma", text)
+        self.assertIn(DISCLAIMER, text)
+
+        # A second Apply reuses the output nodes
+        tableId, overlayId = parameters.resultsTable.GetID(), parameters.overlayVolume.GetID()
+        widget.onApplyButton()
+        self.assertEqual((parameters.resultsTable.GetID(), parameters.overlayVolume.GetID()), (tableId, overlayId))
+        self.delayDisplay("Test passed")
+
+    def test_VertebralMarrowApplyDwi(self):
+        self.delayDisplay("Apply on multi-b DWI volumes (b-values from their names)")
+        widget, parameters, expected = self._widgetAndParameters(dwi=True)
+        self.assertIn("b=800", widget.ui.dwiSummaryLabel.text)
+        widget.onApplyButton()
+        counts = self._checkResults(parameters, expected, ["L2 lesion", "L4 lesion", "L3 normal"], places=3)
+        self.assertEqual(counts, expected["overlay_counts"])
+        self.delayDisplay("Test passed")
+
+    def test_VertebralMarrowRolesAndExport(self):
+        import shutil
+        import tempfile
+
+        import numpy as np
+        from VertebralMarrowLib.mrml import get_segment_role
+
+        self.delayDisplay("Segment roles from the panel, then the report folder")
+        widget, parameters, expected = self._widgetAndParameters()
+        table = widget.ui.segmentRolesTable
+        names = [table.item(row, 0).text() for row in range(table.rowCount)]
+        self.assertEqual(names, ["L2 lesion", "L4 lesion", "L3 normal"])
+        combo = table.cellWidget(names.index("L4 lesion"), 1)
+        self.assertEqual(combo.currentText, "lesion")
+        combo.setCurrentIndex(panel.ROLE_CHOICES.index("ignore"))
+        segmentation = parameters.segmentation
+        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("L4 lesion")
+        self.assertEqual(get_segment_role(segmentation, segmentId), "ignore")
+
+        widget.onApplyButton()
+        counts = self._checkResults(parameters, expected, ["L2 lesion", "L3 normal"], places=4)
+        self.assertEqual(counts, {0: 24 ** 3 - 216, 3: 216})
+
+        folder = tempfile.mkdtemp(prefix="VertebralMarrowTest")
+        try:
+            nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+            urlBefore = slicer.mrmlScene.GetURL()
+            files = widget.logic.exportReport(folder)
+            self.assertTrue(os.path.isfile(os.path.join(folder, "results.csv")))
+            self.assertTrue(os.path.isfile(os.path.join(folder, "report.html")))
+            self.assertTrue(all(os.path.exists(str(path)) for path in files))
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+            self.assertEqual(slicer.mrmlScene.GetURL(), urlBefore)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.assertTrue(np.isfinite(float(slicer.util.arrayFromTableColumn(parameters.resultsTable, "adc_mean")[0])))
+        self.delayDisplay("Test passed")
