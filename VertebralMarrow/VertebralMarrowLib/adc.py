@@ -71,10 +71,11 @@ def decide_adc_units(values: np.ndarray, stored_as_integers: bool, requested: st
 def select_bvalues(bvalues_s_per_mm2: Sequence[float], bmin: Optional[float], bmax: Optional[float]) -> List[int]:
     """Indices of the b-values inside [bmin, bmax]; at least two distinct ones are needed."""
     b = np.asarray(bvalues_s_per_mm2, float)
+    listed = ", ".join(f"{value:g}" for value in b.ravel())
     if b.ndim != 1 or b.size < 2:
-        raise InputError(f"an ADC fit needs at least two b-values, got {list(b)}")
+        raise InputError(f"an ADC fit needs at least two b-values, got [{listed}]")
     if np.any(b < 0) or not np.all(np.isfinite(b)):
-        raise InputError(f"b-values must be finite and >= 0 s/mm^2, got {list(b)}")
+        raise InputError(f"b-values must be finite and >= 0 s/mm^2, got [{listed}]")
     keep = np.ones(b.size, bool)
     if bmin is not None:
         keep &= b >= bmin
@@ -82,7 +83,7 @@ def select_bvalues(bvalues_s_per_mm2: Sequence[float], bmin: Optional[float], bm
         keep &= b <= bmax
     if np.unique(b[keep]).size < 2:
         raise InputError(
-            f"b-values {list(b)} leave fewer than two distinct values inside "
+            f"b-values [{listed}] leave fewer than two distinct values inside "
             f"--bmin {bmin} / --bmax {bmax}; widen the range"
         )
     return [int(i) for i in np.nonzero(keep)[0]]

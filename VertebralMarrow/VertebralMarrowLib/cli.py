@@ -91,11 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # VTK's informational messages ("removing old version of file") are noise on a command
+    # line; the library's own errors report every failure the analysis can meet.
+    import vtk
+
+    vtk.vtkObject.GlobalWarningDisplayOff()
     try:
         args = build_parser().parse_args(argv)
         return _run(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output folder or file that cannot be written
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

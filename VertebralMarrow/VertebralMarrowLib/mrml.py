@@ -41,9 +41,6 @@ def new_scene() -> HeadlessApp:
     """An MRML scene built as Slicer builds its own: application logic, color logic with the
     default color nodes, and the segmentations logic registered (without it segment
     representation converters are missing and conversions silently give empty results)."""
-    # Headless, VTK's informational messages ("removing old version of file") are noise; our
-    # own errors report every failure the analysis can meet.
-    vtk.vtkObject.GlobalWarningDisplayOff()
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
@@ -314,6 +311,8 @@ def _remove_with_helpers(scene, labelmap_node) -> None:
     color = display.GetColorNode() if display else None
     if color is not None and not color.GetSingletonTag():  # default color nodes are singletons
         scene.RemoveNode(color)
+    if display is not None:
+        scene.RemoveNode(display)
     scene.RemoveNode(labelmap_node)
 
 

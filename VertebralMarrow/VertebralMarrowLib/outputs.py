@@ -17,7 +17,7 @@ import slicer
 from . import __version__
 from .analysis import OVERLAY_CLASSES, AnalysisResult
 from .criteria import citation
-from .mrml import volume_from_array
+from .mrml import ijk_to_ras_of, set_ijk_to_ras, volume_from_array
 
 # (column, unit, description): the outside contract of results.csv, in order.
 COLUMNS = (
@@ -42,6 +42,7 @@ COLUMNS = (
     ("differential", "", "Entities, most likely first (decision support, not a diagnosis)"),
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
+TEXT_COLUMNS = ("segment", "role", "adc_class", "t1_signal", "t2_signal", "fs_signal", "differential")
 
 CLASS_COLORS = {  # overlay value: (name, RGBA)
     0: ("background", (0.0, 0.0, 0.0, 0.0)),
@@ -135,16 +136,18 @@ def results_table_node(scene, result: AnalysisResult, node=None):
     table = node or scene.AddNewNodeByClass("vtkMRMLTableNode", "VertebralMarrow results")
     table.RemoveAllColumns()
     for name, unit, description in COLUMNS:
-        numeric = name not in ("segment", "role", "adc_class", "t1_signal", "t2_signal", "fs_signal", "differential")
-        column = table.AddColumn(vtk_array("double" if numeric else "string", name))
-        table.SetColumnUnitLabel(name, unit)
-        table.SetColumnDescription(name, description)
-        for row_index, row in enumerate(result.rows):
+        numeric = name not in TEXT_COLUMNS
+        column = vtk_array("double" if numeric else "string", name)
+        for row in result.rows:
             value = row[name]
             if numeric:
                 column.InsertNextValue(float("nan") if value is None else float(value))
             else:
                 column.InsertNextValue("" if value is None else str(value))
+        # Filled before it is added: AddColumn pads a new column to the table's row count.
+        table.AddColumn(column)
+        table.SetColumnUnitLabel(name, unit)
+        table.SetColumnDescription(name, description)
     table.Modified()
     table.SetAttribute("VertebralMarrow.Disclaimer", result.disclaimer)
     return table
@@ -170,12 +173,15 @@ def class_color_node(scene, node=None):
 
 
 def overlay_node(scene, result: AnalysisResult, color_node, node=None):
-    """The overlay labelmap on the ADC grid, bound to the class colors."""
+    """The overlay labelmap on the ADC grid, bound to the class colors. A reused node takes
+    this run's grid and parent transform, which need not be the last run's."""
     if node is None:
-        from .mrml import ijk_to_ras_of
-
         node = volume_from_array(scene, result.overlay, ijk_to_ras_of(result.adc_node), "VertebralMarrow overlay", labelmap=True)
     else:
+        set_ijk_to_ras(node, ijk_to_ras_of(result.adc_node))
         slicer.util.updateVolumeFromArray(node, result.overlay)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+    node.SetAndObserveTransformNodeID(result.adc_node.GetTransformNodeID())
     node.GetDisplayNode().SetAndObserveColorNodeID(color_node.GetID())
     return node

@@ -14,6 +14,7 @@ from .mrml import ijk_to_ras_of, new_scene, volume_from_array, write_node
 from .study import StudyFiles, load_dwi, load_dwi_dicom, load_study
 
 Progress = Optional[Callable[[float, str], None]]
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
 def _scaled(progress: Progress, start: float, stop: float) -> Progress:
@@ -51,6 +52,8 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
     """Fit DWI into an ADC map file (float32, 10^-3 mm^2/s, DWI grid); return the b-values used."""
     if method not in ("iwls", "ols"):
         raise InputError(f"fit method '{method}' unknown; use iwls or ols")
+    if not str(out_path).lower().endswith(VOLUME_SUFFIXES):
+        raise InputError(f"--out {out_path}: write the ADC map as one of {', '.join(VOLUME_SUFFIXES)}")
     app = new_scene()
     if files.dwi:
         nodes, bvalues = load_dwi(app.scene, files.dwi, files.bvalues)
