@@ -170,7 +170,14 @@ def trace_weighted(volumes_kji: Sequence[np.ndarray], bvalues_s_per_mm2: Sequenc
         if len(members) == 1:
             combined.append(members[0])
         else:
-            log_sum = sum(np.log(np.maximum(m, np.finfo(np.float32).tiny)) for m in members)
-            combined.append(np.exp(log_sum / len(members)))
+            # A zero or NaN direction makes the trace at this b-value unusable: NaN, which the
+            # fit weights zero, as it does a zero or NaN sample of a single image.
+            log_sum = np.zeros(members[0].shape)
+            usable = np.ones(members[0].shape, bool)
+            for member in members:
+                ok = np.isfinite(member) & (member > 0)
+                usable &= ok
+                log_sum += np.log(np.where(ok, member, 1.0))
+            combined.append(np.where(usable, np.exp(log_sum / len(members)), np.nan))
         distinct.append(float(value))
     return combined, distinct

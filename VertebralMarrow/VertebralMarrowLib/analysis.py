@@ -118,6 +118,9 @@ def analyze(
     on_adc = segments_on_grid(scene, app, segmentation, measured, adc_node)
     adc_stats = _per_segment(on_adc, lambda labels: roi_statistics(adc_map, labels, resolved.adc_cutoff))
     _check_coverage(on_adc, adc_stats, names, "the ADC map", resolved.min_voxels, warnings)
+    for sid, stats in adc_stats.items():
+        if stats.get("n_nonfinite"):
+            warnings.append(f"ROI '{names[sid]}': {stats['n_nonfinite']} voxels have no ADC (0 or not fitted) and are left out")
 
     signal_means: Dict[str, Dict[str, tuple]] = {}
     optional_volumes = [
@@ -196,6 +199,8 @@ def _adc(scene, study: StudyNodes, options: ResolvedOptions, warnings: List[str]
         raw = array_of(study.adc)
         decision = decide_adc_units(raw, is_integer_volume(study.adc), options.adc_units)
         adc_map = (np.asarray(raw, np.float32) * np.float32(decision.scale_to_1e3)).astype(np.float32)
+        # Scanners store "no value" (background, failed fit) as 0: no tissue has an ADC of 0.
+        adc_map[raw == 0] = np.nan
         return study.adc, adc_map, "scanner ADC map", decision.how, None
     if not study.dwi:
         raise InputError("no ADC input: give a scanner ADC map (--adc) or multi-b DWI (--dwi with --bvalues)")
@@ -203,6 +208,7 @@ def _adc(scene, study: StudyNodes, options: ResolvedOptions, warnings: List[str]
                                      progress=lambda fraction, text: step(0.05 + 0.35 * fraction, text))
     grid = ijk_to_ras_of(study.dwi[0])
     adc_node = volume_from_array(scene, adc_map, grid, "ADC (fitted)")
+    adc_node.SetAndObserveTransformNodeID(study.dwi[0].GetTransformNodeID())  # where the DWI really is
     adc_node.SetAttribute("VertebralMarrow.Units", "1e-3 mm2/s")
     dropped = sorted(set(float(b) for b in study.bvalues) - set(bvalues))
     if dropped:
@@ -221,7 +227,8 @@ def fit_dwi_nodes(nodes: Sequence[object], bvalues: Sequence[float], method: str
     kept = select_bvalues(bvalues, bmin, bmax)
     grid, shape = ijk_to_ras_of(nodes[0]), array_of(nodes[0]).shape
     for node in nodes[1:]:
-        if array_of(node).shape != shape or not np.allclose(ijk_to_ras_of(node), grid, atol=1e-3):
+        if (array_of(node).shape != shape or not np.allclose(ijk_to_ras_of(node), grid, atol=1e-3)
+                or node.GetTransformNodeID() != nodes[0].GetTransformNodeID()):
             raise InputError(f"DWI volume '{node.GetName()}' is not on the grid of '{nodes[0].GetName()}'; all b-values must share one grid")
     volumes, used = trace_weighted([array_of(nodes[i]) for i in kept], [bvalues[i] for i in kept])
     return fit_adc_volume(volumes, used, method, progress=progress), used

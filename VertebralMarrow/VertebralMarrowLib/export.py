@@ -17,7 +17,7 @@ SCENE_DATA = "scene-data"
 def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
                         progress: Optional[Callable[[float, str], None]] = None) -> List[Path]:
     """Write every output of the interface into `out_dir`; return the files written."""
-    from .pictures import write_pictures
+    from .pictures import plot_nodes, write_pictures
     from .report import write_report
 
     out = Path(out_dir)
@@ -45,7 +45,10 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
     written.append(write_report(out / "report.html", result_document(result), pictures))
 
     step(0.9, "scene")
-    written.append(save_scene(scene, study, result, out, table, overlay, colors))
+    charts = plot_nodes(scene, result, study.segmentation)
+    chart_tables = [chart.GetNthPlotSeriesNode(i).GetTableNode()
+                    for chart in charts for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    written.append(save_scene(scene, study, result, out, table, overlay, colors, *chart_tables))
     step(1.0, "outputs written")
     return written
 

@@ -165,6 +165,8 @@ def class_color_node(scene, node=None):
     """The overlay's color table: 1 benign-range green, 2 indeterminate yellow, 3 malignant-range red."""
     color = node or scene.AddNewNodeByClass("vtkMRMLColorTableNode", "VertebralMarrow classes")
     color.SetTypeToUser()
+    # Shown in color selectors, and saved as a data file of its own, not as a hidden node.
+    color.SetHideFromEditors(False)
     color.SetNumberOfColors(len(CLASS_COLORS))
     color.SetNamesInitialised(True)
     for value, (name, rgba) in CLASS_COLORS.items():

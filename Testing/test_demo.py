@@ -1,0 +1,144 @@
+"""The demo end to end: the synthetic study, the analysis, every output of the interface, and
+the scene reloading headless with the same nodes."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import slicer
+from VertebralMarrowLib.cli import main
+from VertebralMarrowLib.mrml import new_scene
+from VertebralMarrowLib.outputs import COLUMN_NAMES
+
+INTERFACE_COLUMNS = (
+    "segment, role, n_voxels_adc, volume_ml, adc_mean, adc_median, adc_sd, adc_p10, adc_p90, "
+    "fraction_at_or_below_cutoff, adc_class, t1_ratio, t2_ratio, fs_ratio, t1_signal, t2_signal, "
+    "fs_signal, ct_mean_hu, differential"
+).split(", ")
+# Pairs the reference says these inputs cannot separate: either may rank first.
+INSEPARABLE = {
+    "pyogenic_spondylitis": "tuberculous_spondylitis",
+    "tuberculous_spondylitis": "pyogenic_spondylitis",
+    "myeloma_leukemia": "red_marrow_reconversion",
+    "red_marrow_reconversion": "myeloma_leukemia",
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["-q", "demo", "--out", str(out), "--seed", "3"]) == 0
+    truth = json.loads((out / "study" / "ground_truth.json").read_text())
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    return out, truth, rows
+
+
+def test_results_csv_has_exactly_the_interface_columns(demo):
+    out, _, _ = demo
+    with (out / "results.csv").open() as handle:
+        header = next(csv.reader(handle))
+    assert header == INTERFACE_COLUMNS == list(COLUMN_NAMES)
+
+
+def test_every_lesion_is_classified_as_the_ground_truth_says(demo):
+    _, truth, rows = demo
+    by_name = {row["segment"]: row for row in rows}
+    assert set(by_name) == set(truth["segments"])
+    for name, expected in truth["segments"].items():
+        row = by_name[name]
+        assert row["role"] == expected["role"], name
+        if expected["role"] == "lesion":
+            assert row["adc_class"] == expected["adc_class"], name
+            assert float(row["adc_mean"]) == pytest.approx(expected["adc_mean"], rel=0.06), name
+
+
+def test_each_lesion_ranks_its_own_entity_first_or_its_inseparable_twin(demo):
+    _, truth, rows = demo
+    for row in rows:
+        expected = truth["segments"][row["segment"]]
+        if expected["role"] != "lesion":
+            continue
+        ranked = row["differential"].split(";")
+        assert len(ranked) == 8
+        allowed = {expected["entity"], INSEPARABLE.get(expected["entity"])}
+        assert ranked[0] in allowed, (row["segment"], ranked[:3])
+        assert expected["entity"] in ranked[:2], (row["segment"], ranked[:3])
+
+
+def test_signal_words_follow_the_entity_pattern(demo):
+    _, truth, rows = demo
+    for row in rows:
+        expected = truth["segments"][row["segment"]]
+        if expected["role"] != "lesion":
+            continue
+        for sequence in ("t1", "t2", "fs"):
+            ratio = expected[f"{sequence}_ratio"]
+            word = "low" if ratio < 0.8 else "high" if ratio > 1.2 else "iso"
+            assert row[f"{sequence}_signal"] == word, (row["segment"], sequence)
+
+
+def test_results_json_records_units_criteria_citations_and_disclaimer(demo):
+    out, _, _ = demo
+    document = json.loads((out / "results.json").read_text())
+    assert "never replaces" in document["disclaimer"]
+    assert document["adc"]["source"] == "scanner ADC map"
+    assert document["adc"]["units"].startswith("10^-6 mm^2/s (auto")
+    assert document["criteria"]["adc_cutoff"]["value"] == 1.21
+    assert "Kaur" in document["criteria"]["adc_cutoff"]["citation"]
+    lesion = document["segments"]["L2 lesion"]
+    assert lesion["differential"][0]["fits"], "the top candidate carries its reasons"
+
+
+def test_overlay_marks_lesion_voxels_only_with_their_class(demo):
+    out, truth, _ = demo
+    overlay = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "overlay.nrrd")))
+    adc_image = sitk.ReadImage(str(out / "study" / "adc_scanner.nrrd"))
+    adc = sitk.GetArrayFromImage(adc_image) / 1000.0
+    assert overlay.shape == adc.shape
+    classed = overlay > 0
+    assert classed.any()
+    assert np.all(overlay[classed & (adc <= 1.21)] == 3)
+    assert np.all(overlay[classed & (adc > 1.21)] == 1)
+    assert set(np.unique(overlay)) <= {0, 1, 3}
+
+
+def test_scene_reloads_with_volumes_segmentation_overlay_colors_and_table(demo):
+    out, _, _ = demo
+    app = new_scene()
+    app.scene.SetURL(str(out / "VertebralMarrow.mrml"))
+    assert app.scene.Import()
+    names = {}
+    for class_name in ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNode"):
+        nodes = app.scene.GetNodesByClass(class_name)
+        names[class_name] = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+    volumes = [n.GetName() for n in names["vtkMRMLScalarVolumeNode"]]
+    assert {"adc_scanner", "t1", "t2", "stir", "ct"} <= set(volumes)
+    assert all(n.GetImageData() is not None for n in names["vtkMRMLScalarVolumeNode"])
+    overlay = [n for n in names["vtkMRMLLabelMapVolumeNode"] if n.GetName() == "VertebralMarrow overlay"][0]
+    colors = overlay.GetDisplayNode().GetColorNode()
+    assert colors.GetName() == "VertebralMarrow classes"
+    assert [colors.GetColorName(v) for v in (1, 2, 3)] == ["benign-range", "indeterminate", "malignant-range"]
+    assert slicer.util.arrayFromVolume(overlay).max() == 3
+    segmentation = names["vtkMRMLSegmentationNode"][0].GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 11
+    table = [n for n in names["vtkMRMLTableNode"] if n.GetName() == "VertebralMarrow results"][0]
+    assert table.GetNumberOfRows() == 11
+    assert table.GetColumnUnitLabel("adc_mean") == "10^-3 mm^2/s"
+    assert table.GetCellText(0, 0) == "T12 lesion" and table.GetCellText(0, 10) == "benign"
+    charts = app.scene.GetNodesByClass("vtkMRMLPlotChartNode")
+    assert charts.GetNumberOfItems() == 9, "one ADC histogram per lesion and the summary"
+    for index in range(charts.GetNumberOfItems()):
+        series = charts.GetItemAsObject(index).GetNthPlotSeriesNode(0)
+        assert series.GetTableNode().GetNumberOfRows() > 0
+    assert not (out / "VertebralMarrow_Private").exists(), "every node's data lies where the scene says"
+
+
+def test_demo_writes_every_interface_output(demo):
+    out, _, _ = demo
+    for name in ("results.csv", "results.json", "overlay.nrrd", "overlay_colors.ctbl", "report.html", "VertebralMarrow.mrml"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("*.png")), "snapshots and plots"

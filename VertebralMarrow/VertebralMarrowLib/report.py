@@ -1,0 +1,429 @@
+"""`report.html`: the page a radiologist reads. One self-contained file beside its pictures:
+images by relative path, inline CSS, no JavaScript, no fonts or anything else from the web.
+
+Every string that comes from data (segment names, node names, reasons, warnings) is
+HTML-escaped, because segment names are free text typed by users.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Optional
+from urllib.parse import quote
+
+from .outputs import CLASS_COLORS, COLUMNS
+
+TOP_DIFFERENTIAL = 3
+NONE_ITEM = '<span class="muted">–</span>'
+
+# adc_class of a row -> (overlay value of its colour, words shown)
+CLASS_BADGES = {
+    "malignant": (3, "malignant-range"),
+    "benign": (1, "benign-range"),
+    "indeterminate": (2, "indeterminate"),
+    "reference": (None, "reference"),
+}
+
+
+def write_report(path, document: dict, pictures) -> Path:
+    """Write the report for `document` (outputs.result_document) and its pictures."""
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    pictures = list(pictures)
+    body = [
+        _header(document),
+        _disclaimer(document, "top"),
+        _at_a_glance(document, pictures, folder),
+        _study(document),
+        _results_table(document),
+        _lesions(document, pictures, folder),
+        _criteria(document),
+        _references(document),
+        _warnings(document),
+        _disclaimer(document, "bottom"),
+        _footer(document),
+    ]
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>VertebralMarrow report: {_e(document.get('inputs', {}).get('segmentation', ''))}</title>\n"
+        f"<style>{CSS}</style>\n</head>\n<body>\n<main>\n" + "\n".join(part for part in body if part) + "\n</main>\n</body>\n</html>\n"
+    )
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+# --- sections -----------------------------------------------------------------------------
+
+
+def _header(document: dict) -> str:
+    inputs = document.get("inputs", {})
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    version = document.get("versions", {}).get("vertebral_marrow", "")
+    return (
+        "<header>\n<h1>Vertebral bone marrow: quantitative MRI</h1>\n"
+        f"<p class=\"meta\">Segmentation <b>{_e(inputs.get('segmentation', ''))}</b> · "
+        f"ADC: {_e(document.get('adc', {}).get('source', ''))} · generated {_e(when)} by VertebralMarrow {_e(version)}</p>\n"
+        "</header>"
+    )
+
+
+def _disclaimer(document: dict, where: str) -> str:
+    return f"<aside class=\"disclaimer {where}\" role=\"note\"><b>{_e(document.get('disclaimer', ''))}</b></aside>"
+
+
+def _at_a_glance(document: dict, pictures: list, folder: Path) -> str:
+    lesions = [row for row in document.get("rows", []) if row.get("role") == "lesion"]
+    segments = document.get("segments", {})
+    cutoff = document.get("criteria", {}).get("adc_cutoff", {}).get("value")
+    lines = []
+    for row in lesions:
+        detail = segments.get(row["segment"], {})
+        top = detail.get("differential", [])[:1]
+        likely = f"{_e(top[0]['label'])} <span class=\"muted\">({_percent(top[0]['score'])})</span>" if top else "–"
+        lines.append(
+            f"<tr><td><a href=\"#{_anchor(row['segment'])}\">{_e(row['segment'])}</a></td>"
+            f"<td class=\"num\"><b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))}</td>"
+            f"<td>{_badge(row.get('adc_class'))}</td><td class=\"num\">{_fraction(row.get('fraction_at_or_below_cutoff'))}</td>"
+            f"<td>{likely}</td></tr>"
+        )
+    table = (
+        "<table class=\"glance\"><thead><tr><th>Lesion</th><th class=\"num\">Mean ADC ± SD<br><small>×10⁻³ mm²/s</small></th>"
+        f"<th>Class (cut-off {_fmt(cutoff)})</th><th class=\"num\">Voxels ≤ cut-off</th><th>Most likely</th></tr></thead>"
+        f"<tbody>{''.join(lines)}</tbody></table>"
+        if lines else "<p>No lesion ROIs were measured.</p>"
+    )
+    overview = [p for p in pictures if p.kind == "snapshot" and not p.segment]
+    summary = [p for p in pictures if p.kind == "summary"]
+    return (
+        "<section id=\"glance\">\n<h2>At a glance</h2>\n" + table + "\n"
+        "<p class=\"note\">A lesion's class comes from its mean ADC against the cut-off; the colour map shows each voxel's "
+        "own ADC against the same cut-off (green benign-range, red malignant-range).</p>\n"
+        + "".join(_figure(p, folder) for p in overview + summary) + "</section>"
+    )
+
+
+def _study(document: dict) -> str:
+    adc = document.get("adc", {})
+    inputs = document.get("inputs", {})
+    names = {"adc": "ADC map", "dwi": "DWI", "t1": "T1", "t2": "T2", "fs": "FS-T2 / STIR", "ct": "CT",
+             "segmentation": "Segmentation", "in_phase": "In-phase", "opposed_phase": "Opposed-phase",
+             "fat_fraction": "Fat fraction"}
+    rows = [(names.get(key, key), value) for key, value in inputs.items()]
+    bvalues = adc.get("bvalues_s_per_mm2")
+    rows += [
+        ("ADC source", adc.get("source", "")),
+        ("ADC units decided", adc.get("units", "")),
+        ("b-values (s/mm²)", ", ".join(f"{b:g}" for b in bvalues) if bvalues else "not known: the scanner's own ADC map was used"),
+    ]
+    if adc.get("fit_method"):
+        rows.append(("ADC fit", adc["fit_method"]))
+    cells = "".join(f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>" for key, value in rows)
+    return f"<section id=\"study\">\n<h2>Study and ADC</h2>\n<table class=\"facts\">{cells}</table>\n</section>"
+
+
+def _results_table(document: dict) -> str:
+    head = "".join(
+        f"<th title=\"{_e(description)}\">{_e(name).replace('_', '_<wbr>')}" + (f"<br><small>{_e(unit)}</small>" if unit else "") + "</th>"
+        for name, unit, description in COLUMNS
+    )
+    body = []
+    for row in document.get("rows", []):
+        cells = []
+        for name, _unit, _description in COLUMNS:
+            value = row.get(name)
+            if name == "adc_class":
+                cells.append(f"<td class=\"class {_class_css(value)}\">{_e(value)}</td>")
+            elif name == "differential":
+                cells.append(_differential_cell(value))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                cells.append(f"<td class=\"num\">{_e(_column_value(name, value))}</td>")
+            else:
+                cells.append(f"<td>{_e('' if value is None else value)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        "<section id=\"results\">\n<h2>Results per ROI</h2>\n"
+        "<p class=\"note\">The columns of <code>results.csv</code>; ADC in ×10⁻³ mm²/s, signal ratios against the "
+        "normal-marrow reference.</p>\n"
+        f"<div class=\"wide\"><table class=\"results\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>\n"
+        "</section>"
+    )
+
+
+def _lesions(document: dict, pictures: list, folder: Path) -> str:
+    segments = document.get("segments", {})
+    articles = []
+    for row in document.get("rows", []):
+        if row.get("role") != "lesion":
+            continue
+        name = row["segment"]
+        detail = segments.get(name, {})
+        own = [p for p in pictures if p.segment == name]
+        snapshots = [p for p in own if p.kind == "snapshot"]
+        histograms = [p for p in own if p.kind == "histogram"]
+        articles.append(
+            f"<article class=\"lesion\" id=\"{_anchor(name)}\">\n"
+            f"<h3>{_e(name)} {_badge(row.get('adc_class'))}</h3>\n"
+            f"<div class=\"pair\"><div>{_key_numbers(row)}"
+            + (f"<p class=\"summary\">{_e(detail['differential_summary'])}</p>" if detail.get("differential_summary") else "")
+            + "</div><div>" + "".join(_figure(p, folder) for p in histograms) + "</div></div>\n"
+            + _differential(detail.get("differential", []))
+            + "".join(_figure(p, folder) for p in snapshots)
+            + "</article>"
+        )
+    if not articles:
+        return ""
+    return "<section id=\"lesions\">\n<h2>Lesions</h2>\n" + "\n".join(articles) + "\n</section>"
+
+
+def _differential_cell(value: Optional[str]) -> str:
+    """The first entities of the ranked list; the whole list in the tooltip and in the CSV."""
+    keys = [key for key in str(value or "").split(";") if key]
+    shown = "<br>".join(_e(key) for key in keys[:TOP_DIFFERENTIAL]) + (" …" if len(keys) > TOP_DIFFERENTIAL else "")
+    return f"<td class=\"diff\" title=\"{_e('; '.join(keys))}\">{shown}</td>"
+
+
+def _key_numbers(row: dict) -> str:
+    signals = ", ".join(
+        f"{label} {_e(row.get(key + '_signal') or 'n/a')}" + (f" ({_fmt(row.get(key + '_ratio'))})" if row.get(key + "_ratio") is not None else "")
+        for key, label in (("t1", "T1"), ("t2", "T2"), ("fs", "FS-T2/STIR"))
+    )
+    items = [
+        ("Mean ADC", f"<b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))} ×10⁻³ mm²/s"),
+        ("Median (P10–P90)", f"{_fmt(row.get('adc_median'))} ({_fmt(row.get('adc_p10'))}–{_fmt(row.get('adc_p90'))})"),
+        ("Voxels at or below cut-off", _fraction(row.get("fraction_at_or_below_cutoff"))),
+        ("ROI on the ADC grid", f"{_e(row.get('n_voxels_adc'))} voxels, {_fmt(row.get('volume_ml'))} mL"),
+        ("Signal vs normal marrow", signals),
+        ("CT attenuation", f"{_fmt(row.get('ct_mean_hu'), 0)} HU" if row.get("ct_mean_hu") is not None else "no CT"),
+    ]
+    return "<dl class=\"numbers\">" + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def _differential(candidates: List[dict]) -> str:
+    if not candidates:
+        return ""
+    rows = []
+    for rank, candidate in enumerate(candidates[:TOP_DIFFERENTIAL], 1):
+        fits = "".join(f"<li>{_e(reason)}</li>" for reason in candidate.get("fits", []))
+        against = "".join(f"<li>{_e(reason)}</li>" for reason in candidate.get("contradicts", []))
+        rows.append(
+            f"<tr><td class=\"num\">{rank}</td><td><b>{_e(candidate.get('label', candidate.get('entity', '')))}</b></td>"
+            f"<td class=\"num\">{_percent(candidate.get('score'))}</td>"
+            f"<td>{_list('fits', fits)}</td><td>{_list('against', against)}</td></tr>"
+        )
+    return (
+        f"<h4>Differential (top {min(TOP_DIFFERENTIAL, len(candidates))} of {len(candidates)})</h4>"
+        "<table class=\"differential\"><thead><tr><th class=\"num\">#</th><th>Entity</th><th class=\"num\">Score</th>"
+        "<th>Fits</th><th>Argues against</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _list(kind: str, items: str) -> str:
+    return f"<ul class=\"{kind}\">{items}</ul>" if items else NONE_ITEM
+
+
+def _criteria(document: dict) -> str:
+    criteria = document.get("criteria", {})
+    rows = []
+    cutoff = criteria.get("adc_cutoff")
+    if cutoff:
+        default = "" if cutoff.get("value") == cutoff.get("default") else f" (default {_fmt(cutoff.get('default'))})"
+        rows.append(("ADC cut-off: mean ADC ≤ cut-off is malignant-range",
+                     f"{_fmt(cutoff.get('value'))} ×10⁻³ mm²/s{default}", cutoff.get("where", ""), cutoff.get("citation", "")))
+    band = criteria.get("indeterminate_band")
+    if band:
+        rows.append(("Indeterminate band around the cut-off", f"± {_fmt(band.get('value'))} ×10⁻³ mm²/s"
+                     + (" (off)" if not band.get("value") else ""), "", band.get("citation", "")))
+    signal = criteria.get("signal_ratio")
+    if signal:
+        rows.append(("Signal vs normal marrow: low below / high above",
+                     f"{_fmt(signal.get('low_below'))} / {_fmt(signal.get('high_above'))}", "", signal.get("citation", "")))
+    voxels = criteria.get("min_voxels")
+    if voxels:
+        rows.append(("Fewest ROI voxels to trust", _e(voxels.get("value")), "", voxels.get("citation", "")))
+    ct = criteria.get("ct_sclerotic_min_hu")
+    if ct:
+        rows.append(("CT sclerotic at or above", f"{_fmt(ct.get('value'), 0)} HU", ct.get("where", ""), ct.get("citation", "")))
+    main = "".join(
+        f"<tr><td>{_e(what)}</td><td class=\"num\">{value}</td><td>{_e(where)}<div class=\"cite\">{_e(cite)}</div></td></tr>"
+        for what, value, where, cite in rows
+    )
+    entities = "".join(
+        f"<tr><td>{_e(entity.get('label', key))}</td><td class=\"num\">{_fmt(entity.get('adc_mean'))} ± {_fmt(entity.get('adc_sd'))}</td>"
+        f"<td>{_e(entity.get('where', ''))}<div class=\"cite\">{_e(entity.get('citation', ''))}</div></td></tr>"
+        for key, entity in criteria.get("entities", {}).items()
+    )
+    return (
+        "<section id=\"criteria\">\n<h2>Criteria used</h2>\n"
+        "<table class=\"criteria\"><thead><tr><th>Criterion</th><th class=\"num\">Value</th><th>Where it comes from</th></tr></thead>"
+        f"<tbody>{main}</tbody></table>\n"
+        "<h4>Published mean ADC of each entity (×10⁻³ mm²/s, mean ± SD)</h4>\n"
+        "<table class=\"criteria\"><thead><tr><th>Entity</th><th class=\"num\">ADC</th><th>Where it comes from</th></tr></thead>"
+        f"<tbody>{entities}</tbody></table>\n</section>"
+    )
+
+
+def _references(document: dict) -> str:
+    references = document.get("references", {})
+    if not references:
+        return ""
+    items = "".join(f"<li id=\"ref-{_anchor(key)}\">{_e(text)}</li>" for key, text in references.items())
+    return f"<section id=\"references\">\n<h2>References</h2>\n<ol class=\"references\">{items}</ol>\n</section>"
+
+
+def _warnings(document: dict) -> str:
+    warnings = document.get("warnings", [])
+    content = ("<ul class=\"warnings\">" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>") if warnings else "<p>None.</p>"
+    return f"<section id=\"warnings\">\n<h2>Warnings</h2>\n{content}\n</section>"
+
+
+def _footer(document: dict) -> str:
+    versions = document.get("versions", {})
+    text = " · ".join(f"{_e(key)} {_e(value)}" for key, value in versions.items())
+    return f"<footer>{text}</footer>"
+
+
+# --- pieces -------------------------------------------------------------------------------
+
+
+def _figure(picture, folder: Path) -> str:
+    source = quote(os.path.relpath(str(picture.path), str(folder)).replace(os.sep, "/"))
+    return (f"<figure class=\"{_e(picture.kind)}\"><img src=\"{_e(source)}\" alt=\"{_e(picture.caption)}\">"
+            f"<figcaption>{_e(picture.caption)}</figcaption></figure>")
+
+
+def _badge(adc_class: Optional[str]) -> str:
+    if adc_class not in CLASS_BADGES:
+        return f"<span class=\"badge none\">{_e(adc_class or 'n/a')}</span>"
+    return f"<span class=\"badge {_class_css(adc_class)}\">{_e(CLASS_BADGES[adc_class][1])}</span>"
+
+
+def _class_css(adc_class: Optional[str]) -> str:
+    return adc_class if adc_class in CLASS_BADGES else "none"
+
+
+def _anchor(name: str) -> str:
+    """An id safe in HTML and URLs, unique enough for one report."""
+    return "roi-" + "".join(c if c.isalnum() else "-" for c in str(name)).strip("-").lower()
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return f"{value:.{digits}f}" if _finite(value) else "n/a"
+
+
+def _fraction(value) -> str:
+    return f"{100 * value:.0f} %" if _finite(value) else "n/a"
+
+
+def _percent(score) -> str:
+    if not _finite(score):
+        return "n/a"
+    return "< 1 %" if score < 0.01 else f"{100 * score:.0f} %"
+
+
+def _column_value(name: str, value) -> str:
+    if not _finite(value):
+        return ""
+    if name == "n_voxels_adc":
+        return f"{value:.0f}"
+    if name == "ct_mean_hu":
+        return f"{value:.0f}"
+    if name == "fraction_at_or_below_cutoff":
+        return f"{value:.2f}"
+    return f"{value:.3f}" if name.startswith("adc_") else f"{value:.2f}"
+
+
+def _class_colors() -> Dict[str, str]:
+    def css(value: int) -> str:
+        r, g, b = (round(255 * c) for c in CLASS_COLORS[value][1][:3])
+        return f"rgb({r}, {g}, {b})"
+
+    return {"benign": css(1), "indeterminate": css(2), "malignant": css(3)}
+
+
+_COLORS = _class_colors()
+
+CSS = """
+:root { --ink: #1b1f24; --muted: #5b6470; --line: #d9dde3; --soft: #f3f5f8;
+  --benign: %(benign)s; --indeterminate: %(indeterminate)s; --malignant: %(malignant)s; --reference: #1f9fd8; }
+* { box-sizing: border-box; }
+html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+body { margin: 0; background: #eceff3; color: var(--ink);
+  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 28px 32px 36px; background: #fff; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+h2 { font-size: 20px; margin: 34px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--ink); }
+h3 { font-size: 18px; margin: 0 0 10px; display: flex; align-items: center; gap: 10px; }
+h4 { font-size: 15px; margin: 16px 0 6px; }
+.meta, .muted, .note, figcaption, footer, .cite { color: var(--muted); }
+.note { font-size: 13px; margin: 6px 0 12px; }
+.disclaimer { margin: 14px 0; padding: 12px 16px; border: 2px solid #b45309; border-left-width: 8px;
+  background: #fff7e8; color: #7c2d12; font-size: 15px; border-radius: 4px; }
+table { border-collapse: collapse; width: 100%%; font-size: 13.5px; }
+th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+thead th { background: var(--soft); font-size: 12.5px; border-bottom: 1px solid #b9c0c9; }
+th small { color: var(--muted); font-weight: normal; }
+.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.facts th { width: 200px; background: none; font-weight: 600; }
+.wide { overflow-x: auto; }
+table.results { font-size: 12px; }
+table.results th, table.results td { padding: 4px 4px; }
+table.results th { font-size: 11px; }
+table.results td.diff { font-size: 10.5px; color: var(--muted); white-space: nowrap; }
+td.class { font-weight: 600; border-left: 5px solid transparent; }
+td.class.malignant { background: #fbe3e3; border-left-color: var(--malignant); color: #8a1010; }
+td.class.benign { background: #e2f5e7; border-left-color: var(--benign); color: #0f5c22; }
+td.class.indeterminate { background: #fff6d3; border-left-color: var(--indeterminate); color: #6b5600; }
+td.class.reference { background: #e3f1fa; border-left-color: var(--reference); color: #0d4f73; }
+.badge { display: inline-block; padding: 2px 10px; border-radius: 999px; font-size: 13px; font-weight: 700;
+  letter-spacing: .2px; white-space: nowrap; }
+.badge.malignant { background: var(--malignant); color: #fff; }
+.badge.benign { background: var(--benign); color: #fff; }
+.badge.indeterminate { background: var(--indeterminate); color: #3b3000; }
+.badge.reference { background: var(--reference); color: #fff; }
+.badge.none { background: var(--soft); color: var(--muted); }
+table.glance td, table.glance th { font-size: 14px; }
+table.glance a { color: inherit; font-weight: 600; }
+figure { margin: 14px 0; break-inside: avoid; page-break-inside: avoid; }
+figure img { display: block; max-width: 100%%; height: auto; border: 1px solid var(--line); }
+figcaption { font-size: 13px; margin-top: 5px; }
+article.lesion { border: 1px solid var(--line); border-radius: 6px; padding: 16px 18px; margin: 18px 0; }
+.pair { display: grid; grid-template-columns: minmax(280px, 1fr) minmax(300px, 1.25fr); gap: 18px; align-items: start; }
+.pair figure { margin: 0; }
+dl.numbers { display: grid; grid-template-columns: max-content 1fr; gap: 4px 14px; margin: 0; font-size: 14px; }
+dl.numbers dt { color: var(--muted); }
+dl.numbers dd { margin: 0; }
+p.summary { font-size: 14px; background: var(--soft); padding: 8px 10px; border-radius: 4px; }
+table.differential td { font-size: 13px; }
+table.differential ul { margin: 0; padding-left: 18px; }
+ul.fits li::marker { content: "✓ "; color: #15803d; }
+ul.against li::marker { content: "✗ "; color: #b91c1c; }
+table.criteria td:first-child { width: 30%%; }
+.cite { font-size: 12px; margin-top: 2px; font-style: italic; }
+ol.references { font-size: 13.5px; padding-left: 22px; }
+ul.warnings li { margin: 3px 0; }
+footer { font-size: 12px; margin-top: 16px; }
+@page { size: A4; margin: 14mm 12mm; }
+@media (max-width: 760px) { .pair { grid-template-columns: 1fr; } main { padding: 16px; } }
+@media print {
+  body { background: #fff; font-size: 11pt; }
+  main { max-width: none; padding: 0; }
+  .wide { overflow: visible; }
+  table.results { font-size: 7.5pt; }
+  article.lesion { break-before: page; border: none; padding: 0; }
+  a { color: inherit; text-decoration: none; }
+}
+""" % _COLORS
