@@ -16,11 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:
-    import VertebralMarrowLib  # noqa: F401  (installed package)
-except ImportError:  # running from the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "VertebralMarrow"))
-
 from VertebralMarrowLib import DISCLAIMER
 from VertebralMarrowLib.cohort import cohort_statistics, read_cohort_csv, run_cohort
 from VertebralMarrowLib.errors import InputError

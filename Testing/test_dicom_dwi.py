@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -20,11 +19,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "dicom-dwi"
-if str(REPO / "VertebralMarrow") not in sys.path:  # the package is not installed in the dev venv
-    sys.path.insert(0, str(REPO / "VertebralMarrow"))
 
-from VertebralMarrowLib.dicom_dwi import read_dwi_dicom  # noqa: E402
-from VertebralMarrowLib.errors import InputError  # noqa: E402
+from VertebralMarrowLib.dicom_dwi import read_dwi_dicom
+from VertebralMarrowLib.errors import InputError
 
 # Images (files or frames) per distinct b-value, from the README's "b-values in headers" column:
 # Philips near-zero b-values count as 0, isotropic images next to directional ones are left out.

@@ -7,17 +7,13 @@ not from the module's output.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "VertebralMarrow"))
-
-from VertebralMarrowLib import differential as dd  # noqa: E402
-from VertebralMarrowLib.criteria import ENTITY_KEYS, load_criteria  # noqa: E402
-from VertebralMarrowLib.differential import LesionFindings, rank_differential, summarize  # noqa: E402
-from VertebralMarrowLib.errors import InputError  # noqa: E402
+from VertebralMarrowLib import differential as dd
+from VertebralMarrowLib.criteria import ENTITY_KEYS, load_criteria
+from VertebralMarrowLib.differential import LesionFindings, rank_differential, summarize
+from VertebralMarrowLib.errors import InputError
 
 MALIGNANT = {"metastasis_lytic", "metastasis_blastic", "myeloma_leukemia"}
 INFECTION = {"pyogenic_spondylitis", "tuberculous_spondylitis"}

@@ -24,11 +24,6 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-try:
-    import VertebralMarrowLib  # noqa: F401  (installed package)
-except ImportError:  # running from the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "VertebralMarrow"))
-
 from VertebralMarrowLib import DISCLAIMER
 from VertebralMarrowLib.analysis import analyze
 from VertebralMarrowLib.criteria import Options

@@ -9,7 +9,7 @@ ranked differential. The same function serves the CLI, plain Python and the Slic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from .errors import InputError
 from .mrml import (
     array_of,
     get_segment_role,
+    get_segment_spread,
     ijk_to_ras_of,
     is_integer_volume,
     segment_ids,
@@ -60,6 +61,8 @@ class StudyNodes:
     opposed_phase: Optional[object] = None
     fat_fraction: Optional[object] = None
     roles: Dict[str, str] = field(default_factory=dict)  # segment name -> role, overrides tags
+    # segment name -> (vertebral levels involved, disc destroyed), overrides the segment's tags
+    spread: Dict[str, Tuple[Optional[int], Optional[bool]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +110,9 @@ def analyze(
     ids = segment_ids(segmentation)
     names = {sid: segment_name(segmentation, sid) for sid in ids}
     roles = _roles(segmentation, ids, names, study.roles, resolved.reference_segments)
+    unknown = [name for name in list(study.roles) + list(study.spread) if name not in names.values()]
+    if unknown:
+        raise InputError(f"no segment named {', '.join(repr(n) for n in unknown)}; segments are: {', '.join(names.values())}")
     measured = [sid for sid in ids if roles[sid] != "ignore"]
     if not measured:
         raise InputError("every segment has the role 'ignore'; nothing to measure")
@@ -150,8 +156,9 @@ def analyze(
 
     rows, details = [], []
     for sid in measured:
+        spread = study.spread.get(names[sid]) or get_segment_spread(segmentation, sid)
         row, detail = _segment_result(
-            sid, names[sid], roles[sid], adc_stats.get(sid, {}), on_adc, adc_node, signal_means, reference_mean, resolved
+            sid, names[sid], roles[sid], adc_stats.get(sid, {}), adc_node, signal_means, reference_mean, spread, resolved
         )
         rows.append(row)
         details.append(detail)
@@ -269,7 +276,7 @@ def _ratio(value: Optional[float], reference: Optional[float]) -> Optional[float
     return value / reference
 
 
-def _segment_result(sid, name, role, adc, on_adc, adc_node, signal_means, reference_mean, options: ResolvedOptions):
+def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean, spread, options: ResolvedOptions):
     mean_adc = adc.get("mean")
     if mean_adc is not None and mean_adc < 0:
         raise InputError(f"ROI '{name}' has a negative mean ADC ({mean_adc:.3g} x 10^-3 mm^2/s); check the ADC map and --adc-units")
@@ -312,6 +319,8 @@ def _segment_result(sid, name, role, adc, on_adc, adc_node, signal_means, refere
             chemical_shift_ratio=_ratio(signal_means.get("opposed_phase", {}).get(sid, (None, 0))[0],
                                         signal_means.get("in_phase", {}).get(sid, (None, 0))[0]),
             fat_fraction_percent=_fat_percent(signal_means.get("fat_fraction", {}).get(sid, (None, 0))[0]),
+            levels_involved=spread[0],
+            disc_involved=spread[1],
         )
         candidates = rank_differential(findings, options.criteria)
         differential = ";".join(candidate.entity for candidate in candidates)

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("fat-fraction", "Dixon fat-fraction map (0-1 or %)")):
         analyze.add_argument(f"--{name}", type=Path, help=f"{what} volume")
     analyze.add_argument("--reference", nargs="+", default=(), metavar="NAME", help="segment(s) of normal marrow")
+    analyze.add_argument("--levels", action="append", default=[], metavar="SEGMENT=N",
+                         help="vertebral levels a lesion involves (separates pyogenic from tuberculous spondylitis)")
+    analyze.add_argument("--disc", action="append", default=[], metavar="SEGMENT=destroyed|spared",
+                         help="state of the adjacent disc (destroyed: pyogenic; spared: tuberculous)")
     analyze.add_argument("--cutoff", type=float, help="ADC cut-off, 10^-3 mm^2/s (default 1.21, Kaur 2020)")
     analyze.add_argument("--band", type=float, help="indeterminate band around the cut-off, 10^-3 mm^2/s (default 0: off)")
     analyze.add_argument("--adc-units", choices=UNITS, default="auto", help="units of --adc (default: decided from the values)")
@@ -138,7 +142,7 @@ def _run(args) -> int:
 
 
 def _study_files(args):
-    from .study import StudyFiles, parse_bvalues
+    from .study import StudyFiles, parse_bvalues, parse_spread
 
     return StudyFiles(
         seg=getattr(args, "seg", None), label_names=getattr(args, "label_names", None),
@@ -147,6 +151,7 @@ def _study_files(args):
         t1=getattr(args, "t1", None), t2=getattr(args, "t2", None), fs=getattr(args, "fs", None),
         ct=getattr(args, "ct", None), in_phase=getattr(args, "in_phase", None),
         opposed_phase=getattr(args, "opposed_phase", None), fat_fraction=getattr(args, "fat_fraction", None),
+        spread=parse_spread(getattr(args, "levels", ()), getattr(args, "disc", ())),
     )
 
 

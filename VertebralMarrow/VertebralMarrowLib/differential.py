@@ -525,8 +525,10 @@ def rank_differential(findings: LesionFindings, criteria: dict, options: Optiona
     return candidates
 
 
-def _percent(score: float) -> str:
+def likelihood_text(score) -> str:
     """Rounded share; never prints 0 % or 100 % (a ranking claims no certainty)."""
+    if not is_number(score):
+        return "n/a"
     percent = 100.0 * score
     if percent < 0.5:
         return "<1 %"
@@ -535,12 +537,17 @@ def _percent(score: float) -> str:
     return f"{percent:.0f} %"
 
 
+def is_number(value) -> bool:
+    """A finite int or float (not a bool): what the outputs print as a number."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def summarize(candidates, top: int = 3) -> str:
     """One line: the first `top` entities with their relative likelihood, and what it is not."""
     shown = list(candidates)[: max(1, int(top))]
     if not shown:
         return "No differential: no candidates. Ranking only, not a diagnosis."
-    parts = "; ".join(f"{c.label} {_percent(c.score)}" for c in shown)
+    parts = "; ".join(f"{c.label} {likelihood_text(c.score)}" for c in shown)
     return f"Differential (relative likelihood): {parts}. Ranking of the measured findings only, not a diagnosis."
 
 

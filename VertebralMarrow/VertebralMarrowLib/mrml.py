@@ -266,6 +266,30 @@ def set_segment_role(segmentation_node, segment_id: str, role: str) -> None:
     segmentation_node.GetSegmentation().GetSegment(segment_id).SetTag(ROLE_TAG, role)
 
 
+LEVELS_TAG = "VertebralMarrow.LevelsInvolved"
+DISC_TAG = "VertebralMarrow.DiscDestroyed"
+
+
+def get_segment_spread(segmentation_node, segment_id: str) -> Tuple[Optional[int], Optional[bool]]:
+    """What the user recorded on the segment: vertebral levels involved, disc destroyed
+    (pyogenic) or spared (tuberculous). (None, None) when not recorded."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    levels, disc = vtk.mutable(""), vtk.mutable("")
+    levels_value = int(str(levels)) if segment.GetTag(LEVELS_TAG, levels) and str(levels).isdigit() else None
+    disc_value = {"yes": True, "no": False}.get(str(disc)) if segment.GetTag(DISC_TAG, disc) else None
+    return levels_value, disc_value
+
+
+def set_segment_spread(segmentation_node, segment_id: str, levels: Optional[int], disc_destroyed: Optional[bool]) -> None:
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if levels is not None:
+        if int(levels) < 1:
+            raise InputError(f"levels involved must be 1 or more, not {levels}")
+        segment.SetTag(LEVELS_TAG, str(int(levels)))
+    if disc_destroyed is not None:
+        segment.SetTag(DISC_TAG, "yes" if disc_destroyed else "no")
+
+
 @dataclass
 class SegmentsOnGrid:
     """Segments resampled onto one volume's grid. `labels` holds, per overlap layer, an array

@@ -8,14 +8,12 @@ import json
 import math
 import platform
 from pathlib import Path
-from typing import List, Optional
-
 import numpy as np
 
 import slicer
 
 from . import __version__
-from .analysis import OVERLAY_CLASSES, AnalysisResult
+from .analysis import AnalysisResult
 from .criteria import citation
 from .mrml import ijk_to_ras_of, set_ijk_to_ras, volume_from_array
 

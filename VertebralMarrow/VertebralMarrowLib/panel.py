@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import math
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,8 +34,9 @@ import slicer
 import vtk
 
 from . import DISCLAIMER
-from .analysis import AnalysisResult, StudyNodes
+from .analysis import OVERLAY_CLASSES, AnalysisResult, StudyNodes
 from .criteria import Options
+from .differential import is_number, likelihood_text
 from .errors import InputError
 from .mrml import (
     HeadlessApp,
@@ -291,8 +291,7 @@ def publish(scene, result: AnalysisResult, table=None, overlay=None) -> Publishe
     table = results_table_node(scene, result, table)
     table.SetAttribute(DOCUMENT_ATTRIBUTE, json.dumps(result_document(result), default=_json_default))
     overlay = overlay_node(scene, result, colors, overlay)
-    overlay.SetAttribute("VertebralMarrow.Classes", json.dumps({"0": "outside lesion ROIs", "1": "benign-range",
-                                                                 "2": "indeterminate", "3": "malignant-range"}))
+    overlay.SetAttribute("VertebralMarrow.Classes", json.dumps({str(value): name for value, name in OVERLAY_CLASSES.items()}))
     return Published(table, colors, overlay)
 
 
@@ -369,7 +368,7 @@ def differential_html(document: Optional[dict], segment: Optional[str]) -> str:
         parts.append("<p><b>Differential</b> (relative likelihood among the eight entities of the clinical "
                      "reference, most likely first; not a probability of disease):</p><ol>")
         for candidate in candidates:
-            item = f"<li><b>{_e(candidate.get('label', candidate.get('entity', '')))}</b> {_percent(candidate.get('score'))}"
+            item = f"<li><b>{_e(candidate.get('label', candidate.get('entity', '')))}</b> ({_e(likelihood_text(candidate.get('score')))})"
             if candidate.get("fits"):
                 item += "<br/>for: " + _e("; ".join(candidate["fits"]))
             if candidate.get("contradicts"):
@@ -388,36 +387,21 @@ def differential_html(document: Optional[dict], segment: Optional[str]) -> str:
 def _measurements(row: dict, cutoff) -> str:
     words = []
     mean = row.get("adc_mean")
-    if _finite(mean):
+    if is_number(mean):
         text = f"Mean ADC {mean:.2f} x 10^-3 mm^2/s"
         adc_class = row.get("adc_class")
-        if adc_class in ("malignant", "benign", "indeterminate") and _finite(cutoff):
+        if adc_class in ("malignant", "benign", "indeterminate") and is_number(cutoff):
             text += f": {adc_class}-range (cut-off {cutoff:g})" if adc_class != "indeterminate" else f": indeterminate (cut-off {cutoff:g})"
         words.append(text)
-    if _finite(row.get("volume_ml")):
+    if is_number(row.get("volume_ml")):
         words.append(f"{row['volume_ml']:.2f} mL, {row.get('n_voxels_adc', 0)} ADC voxels")
     signals = [f"{label} {row.get(key)}" for key, label in (("t1_signal", "T1"), ("t2_signal", "T2"), ("fs_signal", "FS-T2/STIR"))
                if row.get(key) not in (None, "", "n/a")]
     if signals:
         words.append(", ".join(signals) + " (relative to normal marrow)")
-    if _finite(row.get("ct_mean_hu")):
+    if is_number(row.get("ct_mean_hu")):
         words.append(f"CT {row['ct_mean_hu']:.0f} HU")
     return _e(". ".join(words) + ".") if words else ""
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _percent(score) -> str:
-    if not _finite(score):
-        return ""
-    percent = 100.0 * score
-    if percent < 0.5:
-        return "(&lt;1 %)"
-    if percent > 99.5:
-        return "(&gt;99 %)"
-    return f"({percent:.0f} %)"
 
 
 def _e(text) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime
 import html
-import math
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
+from .differential import is_number, likelihood_text
 from .outputs import CLASS_COLORS, COLUMNS
 
 TOP_DIFFERENTIAL = 3
@@ -85,7 +85,7 @@ def _at_a_glance(document: dict, pictures: list, folder: Path) -> str:
     for row in lesions:
         detail = segments.get(row["segment"], {})
         top = detail.get("differential", [])[:1]
-        likely = f"{_e(top[0]['label'])} <span class=\"muted\">({_percent(top[0]['score'])})</span>" if top else "–"
+        likely = f"{_e(top[0]['label'])} <span class=\"muted\">({likelihood_text(top[0]['score'])})</span>" if top else "–"
         lines.append(
             f"<tr><td><a href=\"#{_anchor(row['segment'])}\">{_e(row['segment'])}</a></td>"
             f"<td class=\"num\"><b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))}</td>"
@@ -213,7 +213,7 @@ def _differential(candidates: List[dict]) -> str:
         against = "".join(f"<li>{_e(reason)}</li>" for reason in candidate.get("contradicts", []))
         rows.append(
             f"<tr><td class=\"num\">{rank}</td><td><b>{_e(candidate.get('label', candidate.get('entity', '')))}</b></td>"
-            f"<td class=\"num\">{_percent(candidate.get('score'))}</td>"
+            f"<td class=\"num\">{likelihood_text(candidate.get('score'))}</td>"
             f"<td>{_list('fits', fits)}</td><td>{_list('against', against)}</td></tr>"
         )
     return (
@@ -316,26 +316,16 @@ def _e(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _fmt(value, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if _finite(value) else "n/a"
+    return f"{value:.{digits}f}" if is_number(value) else "n/a"
 
 
 def _fraction(value) -> str:
-    return f"{100 * value:.0f} %" if _finite(value) else "n/a"
-
-
-def _percent(score) -> str:
-    if not _finite(score):
-        return "n/a"
-    return "< 1 %" if score < 0.01 else f"{100 * score:.0f} %"
+    return f"{100 * value:.0f} %" if is_number(value) else "n/a"
 
 
 def _column_value(name: str, value) -> str:
-    if not _finite(value):
+    if not is_number(value):
         return ""
     if name == "n_voxels_adc":
         return f"{value:.0f}"

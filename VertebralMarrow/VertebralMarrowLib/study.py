@@ -29,6 +29,23 @@ class StudyFiles:
     opposed_phase: Optional[Path] = None
     fat_fraction: Optional[Path] = None
     roles: dict = field(default_factory=dict)
+    spread: dict = field(default_factory=dict)  # segment name -> (levels involved, disc destroyed)
+
+
+def parse_spread(levels: Sequence[str], discs: Sequence[str]) -> dict:
+    """--levels 'L4 lesion=2' and --disc 'L4 lesion=destroyed|spared' -> {name: (levels, destroyed)}."""
+    spread: dict = {}
+    for text in levels:
+        name, _, value = text.rpartition("=")
+        if not name or not value.strip().isdigit() or int(value) < 1:
+            raise InputError(f"--levels '{text}': give SEGMENT=N with N the number of vertebral levels involved (1 or more)")
+        spread[name.strip()] = (int(value), spread.get(name.strip(), (None, None))[1])
+    for text in discs:
+        name, _, value = text.rpartition("=")
+        if not name or value.strip().lower() not in ("destroyed", "spared"):
+            raise InputError(f"--disc '{text}': give SEGMENT=destroyed or SEGMENT=spared")
+        spread[name.strip()] = (spread.get(name.strip(), (None, None))[0], value.strip().lower() == "destroyed")
+    return spread
 
 
 def parse_bvalues(text: str) -> List[float]:
@@ -51,7 +68,7 @@ def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
     if len(given) > 1:
         raise InputError(f"give one ADC input, not {' and '.join(given)}")
     segmentation = load_segmentation(scene, app, files.seg, files.label_names)
-    study = StudyNodes(segmentation=segmentation, roles=dict(files.roles))
+    study = StudyNodes(segmentation=segmentation, roles=dict(files.roles), spread=dict(files.spread))
     if files.adc is not None:
         study.adc = load_volume(scene, files.adc, "ADC map")
     elif files.dwi:
