@@ -137,6 +137,44 @@ def test_scene_reloads_with_volumes_segmentation_overlay_colors_and_table(demo):
     assert not (out / "VertebralMarrow_Private").exists(), "every node's data lies where the scene says"
 
 
+def rgb_of(colors, index):
+    rgba = [0.0] * 4
+    colors.GetColor(index, rgba)
+    return rgba[:3]
+
+
+def test_scene_opens_with_overlay_on_t2_and_a_continuous_adc_map_centred_on_the_cutoff(demo):
+    out, truth, _ = demo
+    app = new_scene()
+    app.scene.SetURL(str(out / "VertebralMarrow.mrml"))
+    assert app.scene.Import()
+    adc_map = app.scene.GetFirstNodeByName("VertebralMarrow ADC (10^-3 mm^2/s)")
+    display = adc_map.GetDisplayNode()
+    assert display.GetColorNode().GetName() == "VertebralMarrow ADC around cut-off"
+    assert display.GetLevel() == pytest.approx(1.21) and display.GetWindow() == pytest.approx(2.42)
+    colors = display.GetColorNode()
+    low, centre, high = (rgb_of(colors, n) for n in (0, colors.GetNumberOfColors() // 2, colors.GetNumberOfColors() - 1))
+    assert low[0] > 0.8 and low[1] < 0.2, "red below the cut-off"
+    assert centre[0] > 0.8 and centre[1] > 0.6, "yellow at the cut-off"
+    assert high[1] > 0.6 and high[0] < 0.2, "green above it"
+    reference_adc = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "study" / "adc_scanner.nrrd"))) / 1000.0
+    shown = slicer.util.arrayFromVolume(adc_map)
+    scanner_zero = reference_adc == 0
+    assert np.allclose(shown[~scanner_zero], reference_adc[~scanner_zero], atol=1e-6)
+    assert np.isnan(shown[scanner_zero]).all(), "the scanner's 0 means no value"
+    composite = app.scene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
+    assert app.scene.GetNodeByID(composite.GetBackgroundVolumeID()).GetName() == "t2"
+    assert app.scene.GetNodeByID(composite.GetLabelVolumeID()).GetName() == "VertebralMarrow overlay"
+    assert composite.GetForegroundVolumeID() == adc_map.GetID()
+    segmentation = app.scene.GetFirstNodeByClass("vtkMRMLSegmentationNode").GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        expected = truth["segments"][segment.GetName()]
+        if expected["role"] == "lesion":
+            red, green, _ = segment.GetColor()
+            assert (red > green) == (expected["adc_class"] == "malignant"), segment.GetName()
+
+
 def test_demo_writes_every_interface_output(demo):
     out, _, _ = demo
     for name in ("results.csv", "results.json", "overlay.nrrd", "overlay_colors.ctbl", "report.html", "VertebralMarrow.mrml"):

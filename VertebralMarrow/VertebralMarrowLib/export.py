@@ -6,9 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, List, Optional
 
+import slicer
+
 from .analysis import AnalysisResult, StudyNodes
 from .mrml import write_node
-from .outputs import class_color_node, overlay_node, results_table_node, write_csv, write_json, result_document
+from .outputs import (
+    ADC_MAP_NAME,
+    adc_color_node,
+    adc_map_node,
+    class_color_node,
+    color_segments_by_class,
+    overlay_node,
+    result_document,
+    results_table_node,
+    write_csv,
+    write_json,
+)
 
 SCENE_FILE = "VertebralMarrow.mrml"
 SCENE_DATA = "scene-data"
@@ -45,10 +58,13 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
     written.append(write_report(out / "report.html", result_document(result), pictures))
 
     step(0.9, "scene")
+    adc_colors = adc_color_node(scene)
+    adc_map = adc_map_node(scene, result, adc_colors)
+    color_segments_by_class(study.segmentation, result)  # the scene's copy; the input file is untouched
     charts = plot_nodes(scene, result, study.segmentation)
     chart_tables = [chart.GetNthPlotSeriesNode(i).GetTableNode()
                     for chart in charts for i in range(chart.GetNumberOfPlotSeriesNodes())]
-    written.append(save_scene(scene, study, result, out, table, overlay, colors, *chart_tables))
+    written.append(save_scene(scene, study, result, out, table, overlay, colors, adc_map, adc_colors, *chart_tables))
     step(1.0, "outputs written")
     return written
 
@@ -71,10 +87,31 @@ def save_scene(scene, study: StudyNodes, result: AnalysisResult, out: Path, *ext
             write_node(scene, node, data / _file_name(node))
         storage = node.GetStorageNode()
         storage.SetFileName(str(Path(storage.GetFileName()).relative_to(out)))
+    _show_in_slice_views(scene, study, result, extra_nodes)
     scene.SetRootDirectory(str(out))
     scene.SetURL(str(out / SCENE_FILE))
     scene.Commit()
     return out / SCENE_FILE
+
+
+def _show_in_slice_views(scene, study: StudyNodes, result: AnalysisResult, nodes) -> None:
+    """Slice composite nodes for Slicer's three views, so the scene opens with the overlay on
+    the anatomy (T2, else STIR, T1 or ADC) and the continuous ADC map ready as foreground."""
+    overlay = next((n for n in nodes if n is not None and n.IsA("vtkMRMLLabelMapVolumeNode")), None)
+    adc_map = next((n for n in nodes if n is not None and n.GetName() == ADC_MAP_NAME), None)
+    background = next(n for n in (study.t2, study.fs, study.t1, result.adc_node) if n is not None)
+    for view in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view)
+        composite.SetSingletonTag(view)
+        composite.SetBackgroundVolumeID(background.GetID())
+        if adc_map is not None:
+            composite.SetForegroundVolumeID(adc_map.GetID())
+            composite.SetForegroundOpacity(0.0)  # the class overlay first; slide in the ADC map
+        if overlay is not None:
+            composite.SetLabelVolumeID(overlay.GetID())
+            composite.SetLabelOpacity(0.5)
+        scene.AddNode(composite)
 
 
 def _file_name(node) -> str:

@@ -185,3 +185,53 @@ def overlay_node(scene, result: AnalysisResult, color_node, node=None):
     node.SetAndObserveTransformNodeID(result.adc_node.GetTransformNodeID())
     node.GetDisplayNode().SetAndObserveColorNodeID(color_node.GetID())
     return node
+
+
+ADC_MAP_NAME = "VertebralMarrow ADC (10^-3 mm^2/s)"
+ADC_COLORS_NAME = "VertebralMarrow ADC around cut-off"
+
+
+def adc_color_node(scene, node=None, steps: int = 256):
+    """A continuous colour map for ADC: red (malignant-range) below the window's centre,
+    yellow at it, green (benign-range) above. Centred on the cut-off by the display window
+    that `adc_map_node` sets (level = cut-off)."""
+    color = node or scene.AddNewNodeByClass("vtkMRMLColorTableNode", ADC_COLORS_NAME)
+    color.SetTypeToUser()
+    color.SetHideFromEditors(False)
+    color.SetNumberOfColors(steps)
+    red, yellow, green = (np.array(CLASS_COLORS[value][1][:3]) for value in (3, 2, 1))
+    for index, t in enumerate(np.linspace(0.0, 1.0, steps)):
+        rgb = red + (yellow - red) * (t / 0.5) if t <= 0.5 else yellow + (green - yellow) * ((t - 0.5) / 0.5)
+        color.SetColor(index, f"{t:.3f}", *rgb, 1.0)
+    return color
+
+
+def adc_map_node(scene, result: AnalysisResult, color_node, node=None):
+    """The ADC map in 10^-3 mm^2/s (voxels without a value are NaN) shown through the
+    continuous colour map, window 0 to twice the cut-off so its centre is the cut-off."""
+    if node is None:
+        node = volume_from_array(scene, result.adc_map, ijk_to_ras_of(result.adc_node), ADC_MAP_NAME)
+    else:
+        set_ijk_to_ras(node, ijk_to_ras_of(result.adc_node))
+        slicer.util.updateVolumeFromArray(node, result.adc_map)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+    node.SetAndObserveTransformNodeID(result.adc_node.GetTransformNodeID())
+    node.SetAttribute("VertebralMarrow.Units", "1e-3 mm2/s")
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(color_node.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(2.0 * result.options.adc_cutoff, result.options.adc_cutoff)
+    return node
+
+
+def color_segments_by_class(segmentation_node, result: AnalysisResult) -> None:
+    """Lesion segments take their class colour (the segmentation passed must be one the user
+    may see changed: the exported scene's, or on request in Slicer)."""
+    class_of = {"benign": 1, "indeterminate": 2, "malignant": 3}
+    by_name = {row["segment"]: row["adc_class"] for row in result.rows}
+    segmentation = segmentation_node.GetSegmentation()
+    for detail in result.segments:
+        value = class_of.get(by_name.get(detail["name"], ""))
+        if value is not None:
+            segmentation.GetSegment(detail["id"]).SetColor(*CLASS_COLORS[value][1][:3])
