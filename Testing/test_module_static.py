@@ -44,8 +44,9 @@ import slicer
 import slicer.util
 import vtk
 
-from VertebralMarrowLib import DISCLAIMER, panel
+from VertebralMarrowLib import DISCLAIMER, outputs, panel
 from VertebralMarrowLib.analysis import analyze
+from VertebralMarrowLib.criteria import Options
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.mrml import (
     array_of,
@@ -324,7 +325,7 @@ def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):
     widget, _, _ = loaded_ui
     receivers = widget.receivers(QtCore.SIGNAL("mrmlSceneChanged(vtkMRMLScene*)"))
     needs_scene = [name for cls, name, _ in ui_widgets() if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qMRMLTableView")]
-    assert receivers == len(needs_scene) == 12
+    assert receivers == len(needs_scene) == 13
 
 
 # =============================================================================================
@@ -588,6 +589,48 @@ def test_parameter_widgets_agree_with_ranges_defaults_and_node_types():
     assert fields["cutoff"].default == 1.21 and fields["cutoff"].within == (0.1, 4.0)
     assert fields["adcUnits"].choices == panel.ADC_UNIT_CHOICES
     assert fields["fitMethod"].choices == panel.FIT_METHOD_CHOICES
+
+
+def test_overlay_display_fields_sit_with_the_overlay_controls():
+    """Issue 5's display choices: the continuous ADC map (foreground) with its opacity, lesion
+    segments coloured by class, and the published ADC map, in the Results section next to the
+    overlay's show/opacity controls, each bound to its field with the field's default."""
+    fields = parameter_fields()
+    expected = {
+        "showAdcColorMap": ("bool", False, "QCheckBox", "showAdcColorMapCheckBox"),
+        "adcColorMapOpacity": ("float", 0.5, "ctkSliderWidget", "adcColorMapOpacitySliderWidget"),
+        "colorSegmentsByClass": ("bool", False, "QCheckBox", "colorSegmentsByClassCheckBox"),
+        "adcMapVolume": ("node", None, "qMRMLNodeComboBox", "adcMapSelector"),
+    }
+    bound = bound_widgets()
+    for parameter, (base, default, cls, name) in expected.items():
+        field = fields[parameter]
+        assert (field.base, field.default) == (base, default), parameter
+        assert bound[parameter][:2] == (cls, name), parameter
+    assert fields["adcColorMapOpacity"].within == (0.0, 1.0)
+    assert fields["adcMapVolume"].node_types == ("vtkMRMLScalarVolumeNode",) and not fields["adcMapVolume"].has_default
+    by_name = {name: element for _, name, element in ui_widgets()}
+    assert property_value(by_name["showAdcColorMapCheckBox"], "text") == "Continuous ADC map (red \u2264 cut-off < green)"
+    assert property_value(by_name["colorSegmentsByClassCheckBox"], "text") == "Colour lesion segments by class"
+    tooltip = property_value(by_name["colorSegmentsByClassCheckBox"], "toolTip")
+    assert "Changes the colours of your segmentation" in tooltip and "unticking gives it back" in tooltip
+    assert property_value(by_name["adcMapSelector"], "showChildNodeTypes") is False   # no labelmaps
+    assert property_value(by_name["adcColorMapOpacitySliderWidget"], "value") == 0.5
+
+    # In the Results form, in this order, right after the overlay's opacity.
+    results = by_name["resultsCollapsibleButton"].find("layout")
+    rows = {}
+    for item in results.findall("item"):
+        rows.setdefault(int(item.get("row")), []).append(item.find("widget").get("name"))
+    order = [name for row in sorted(rows) for name in rows[row]]
+    start = order.index("overlayOpacitySliderWidget") + 1
+    assert order[start:start + 8] == ["adcMapLabel", "adcMapSelector", "showAdcColorMapLabel", "showAdcColorMapCheckBox",
+                                      "adcColorMapOpacityLabel", "adcColorMapOpacitySliderWidget",
+                                      "colorSegmentsByClassLabel", "colorSegmentsByClassCheckBox"]
+    assert all(len(widgets) <= 2 for widgets in rows.values()) and sorted(rows) == list(range(len(rows)))
+    # The selector lists only published ADC maps, by the attribute publish sets.
+    source = MODULE_PY.read_text(encoding="utf-8")
+    assert 'self.ui.adcMapSelector.addAttribute("vtkMRMLScalarVolumeNode", panel.ADC_MAP_ATTRIBUTE, "1")' in source
 
 
 def test_connector_rules_catch_a_wrong_widget():
@@ -962,12 +1005,15 @@ def test_publish_reuses_nodes_and_follows_a_new_grid(app):
     study.adc = volume_from_array(app.scene, finer, shifted, "finer ADC")
     second = analyze(app.scene, study, None, app=app)
     counts = app.scene.GetNumberOfNodes()
-    again = panel.publish(app.scene, second, table=published.table, overlay=published.overlay)
+    again = panel.publish(app.scene, second, table=published.table, overlay=published.overlay, adc_map=published.adc_map)
     assert (again.table, again.overlay, again.colors) == (published.table, published.overlay, published.colors)
+    assert (again.adc_map, again.adc_colors) == (published.adc_map, published.adc_colors)
     assert app.scene.GetNumberOfNodes() == counts  # publishing again adds no node
     assert np.allclose(ijk_to_ras_of(again.overlay), shifted)
     assert array_of(again.overlay).shape == finer.shape
     assert np.array_equal(array_of(again.overlay), second.overlay)
+    assert np.allclose(ijk_to_ras_of(again.adc_map), shifted)
+    assert np.allclose(array_of(again.adc_map), second.adc_map, equal_nan=True)
 
     # An overlay node made empty by the user (the combo box's "Create new") gets a display node.
     empty = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "new overlay")
@@ -976,6 +1022,128 @@ def test_publish_reuses_nodes_and_follows_a_new_grid(app):
     assert panel.result_from_table(None) is None
     assert panel.background_volume(None, second) is second.adc_node
     assert panel.background_volume(study.t2, second) is study.t2
+
+
+def rgb(color) -> tuple:
+    return tuple(round(float(c), 4) for c in color)
+
+
+CLASS_RGB = {name: rgb(rgba[:3]) for _, (name, rgba) in outputs.CLASS_COLORS.items()}
+
+
+def test_publish_adc_map_centred_on_the_cutoff_and_reused(app):
+    study, _ = panel.self_test_study(app.scene, app)
+    first = analyze(app.scene, study, Options(adc_cutoff=1.21), app=app)
+    published = panel.publish(app.scene, first)
+    adc_map, colors = published.adc_map, published.adc_colors
+    assert adc_map.GetName() == outputs.ADC_MAP_NAME and adc_map.GetAttribute(panel.ADC_MAP_ATTRIBUTE) == "1"
+    assert adc_map.GetAttribute("VertebralMarrow.Units") == "1e-3 mm2/s"
+    assert colors.GetAttribute(panel.ADC_COLORS_ATTRIBUTE) == "1" and colors is not published.colors
+    assert np.allclose(array_of(adc_map), first.adc_map, equal_nan=True)
+    assert np.allclose(ijk_to_ras_of(adc_map), ijk_to_ras_of(study.adc))
+    display = adc_map.GetDisplayNode()
+    assert display.GetColorNode() is colors and not display.GetAutoWindowLevel()
+    # Centred on the cut-off: window 0 .. 2 x cut-off, level = cut-off
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((2 * 1.21, 1.21))
+    # red at 0, yellow at the cut-off (the table's middle), green at twice the cut-off (8-bit colours)
+    count = colors.GetNumberOfColors()
+    ends = []
+    for index in (0, (count - 1) / 2, count - 1):
+        lower, upper = [0.0] * 4, [0.0] * 4
+        colors.GetColor(int(np.floor(index)), lower)
+        colors.GetColor(int(np.ceil(index)), upper)
+        ends.append(tuple((a + b) / 2 for a, b in zip(lower[:3], upper[:3])))
+    assert ends[0] == pytest.approx(CLASS_RGB["malignant-range"], abs=0.01)
+    assert ends[1] == pytest.approx(CLASS_RGB["indeterminate"], abs=0.01)
+    assert ends[2] == pytest.approx(CLASS_RGB["benign-range"], abs=0.01)
+
+    # A second run with another cut-off reuses both nodes, recentred, and adds no node.
+    second = analyze(app.scene, study, Options(adc_cutoff=1.0), app=app)
+    nodes = app.scene.GetNumberOfNodes()
+    again = panel.publish(app.scene, second, table=published.table, overlay=published.overlay, adc_map=adc_map)
+    assert (again.adc_map, again.adc_colors) == (adc_map, colors)
+    assert app.scene.GetNumberOfNodes() == nodes
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((2.0, 1.0))
+    # Without the map node (a new one), the colour table is still found, by its attribute.
+    fresh = panel.publish(app.scene, second)
+    assert fresh.adc_map is not adc_map and fresh.adc_colors is colors
+    # Never written over: the analysed ADC map itself, or a labelmap; a "Create new" node is filled.
+    before = np.array(array_of(study.adc))
+    safe = panel.publish(app.scene, second, adc_map=study.adc)
+    assert safe.adc_map is not study.adc and np.array_equal(array_of(study.adc), before)
+    assert study.adc.GetAttribute(panel.ADC_MAP_ATTRIBUTE) is None
+    assert panel.publish(app.scene, second, adc_map=published.overlay).adc_map is not published.overlay
+    empty = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "new ADC map")
+    made = panel.publish(app.scene, second, adc_map=empty)
+    assert made.adc_map is empty and empty.GetDisplayNode().GetColorNode() is colors
+    assert np.allclose(array_of(empty), second.adc_map, equal_nan=True)
+
+
+def segment_colors(segmentation) -> dict:
+    segments = segmentation.GetSegmentation()
+    return {segments.GetSegment(sid).GetName(): rgb(segments.GetSegment(sid).GetColor()) for sid in segment_ids(segmentation)}
+
+
+def test_segments_coloured_by_class_and_restored(app, tmp_path):
+    study, _ = panel.self_test_study(app.scene, app)
+    segmentation = study.segmentation
+    own = {"L2 lesion": (0.2, 0.3, 0.4), "L4 lesion": (0.5, 0.5, 0.9), "L3 normal": (0.7, 0.6, 0.5)}
+    ids = {segmentation.GetSegmentation().GetSegment(sid).GetName(): sid for sid in segment_ids(segmentation)}
+    for name, color in own.items():
+        segmentation.GetSegmentation().GetSegment(ids[name]).SetColor(*color)
+    result = analyze(app.scene, study, None, app=app)
+
+    # Not asked: the user's colours stay, nothing is tagged.
+    panel.publish(app.scene, result, segmentation=segmentation)
+    assert segment_colors(segmentation) == own
+    assert all(panel.original_segment_color(segmentation, sid) is None for sid in ids.values())
+
+    # Asked: lesions take their class colour (L2 malignant-range, L4 benign-range), the reference stays.
+    published = panel.publish(app.scene, result, segmentation=segmentation, color_segments=True)
+    assert segment_colors(segmentation) == {"L2 lesion": CLASS_RGB["malignant-range"],
+                                            "L4 lesion": CLASS_RGB["benign-range"], "L3 normal": own["L3 normal"]}
+    assert panel.original_segment_color(segmentation, ids["L2 lesion"]) == pytest.approx(own["L2 lesion"])
+    assert panel.original_segment_color(segmentation, ids["L3 normal"]) is None
+    # A second run keeps the first kept colour (not the class colour it finds).
+    panel.publish(app.scene, result, table=published.table, overlay=published.overlay, adc_map=published.adc_map,
+                  segmentation=segmentation, color_segments=True)
+    assert panel.original_segment_color(segmentation, ids["L4 lesion"]) == pytest.approx(own["L4 lesion"])
+
+    # The kept colours are segment tags: saved with the segmentation, restorable after a reload.
+    path = tmp_path / "coloured.seg.nrrd"
+    write_node(app.scene, segmentation, path)
+    other = new_scene()
+    reloaded = load_segmentation(other.scene, other, path)
+    assert panel.update_segment_colors(reloaded, None, True) == []          # nothing to colour by: unchanged
+    assert segment_colors(reloaded)["L2 lesion"] == pytest.approx(CLASS_RGB["malignant-range"], abs=1e-3)
+    assert sorted(panel.update_segment_colors(reloaded, None, False)) == sorted([ids["L2 lesion"], ids["L4 lesion"]])
+    assert segment_colors(reloaded) == own   # exact: the tag holds the colour in full
+
+    # A lesion that is no longer coloured by class (now ignored) gets its own colour back.
+    panel.set_role(segmentation, ids["L4 lesion"], "ignore")
+    ignored = analyze(app.scene, study, None, app=app)
+    changed = panel.update_segment_colors(segmentation, ignored, True)
+    assert set(changed) == {ids["L4 lesion"], ids["L2 lesion"]}
+    assert segment_colors(segmentation)["L4 lesion"] == own["L4 lesion"]
+    assert panel.original_segment_color(segmentation, ids["L4 lesion"]) is None
+    assert segment_colors(segmentation)["L2 lesion"] == CLASS_RGB["malignant-range"]
+
+    # Unticked: back to the user's colours, unless the user recoloured the segment since.
+    panel.set_role(segmentation, ids["L4 lesion"], "lesion")
+    panel.update_segment_colors(segmentation, result, True)
+    segmentation.GetSegmentation().GetSegment(ids["L4 lesion"]).SetColor(0.9, 0.5, 0.0)
+    assert panel.update_segment_colors(segmentation, result, False) == [ids["L2 lesion"]]
+    assert segment_colors(segmentation) == {"L2 lesion": own["L2 lesion"], "L4 lesion": (0.9, 0.5, 0.0),
+                                            "L3 normal": own["L3 normal"]}
+    assert all(panel.original_segment_color(segmentation, sid) is None for sid in ids.values())
+    assert panel.update_segment_colors(segmentation, result, False) == []
+    assert panel.update_segment_colors(None, result, True) == []
+
+    # Segments renamed or removed since the analysis are not coloured from it.
+    segmentation.GetSegmentation().GetSegment(ids["L2 lesion"]).SetName("L2 renamed")
+    segmentation.GetSegmentation().RemoveSegment(ids["L4 lesion"])
+    assert outputs.segment_class_colors(segmentation, result) == {}
+    assert panel.update_segment_colors(segmentation, result, True) == []
 
 
 def test_differential_html(app):
@@ -1150,7 +1318,11 @@ def test_parameter_node_defaults(module):
     assert (params.cutoff, params.indeterminateBand, params.adcUnits, params.fitMethod) == (1.21, 0.0, "auto", "iwls")
     assert (params.signalLowBelow, params.signalHighAbove, params.bmin, params.bmax) == (0.8, 1.2, 0.0, 0.0)
     assert (params.showOverlay, params.overlayOpacity, params.bvalues, params.dwiVolumes) == (True, 0.5, "", [])
+    assert (params.showAdcColorMap, params.adcColorMapOpacity, params.colorSegmentsByClass) == (False, 0.5, False)
     assert params.segmentation is None and params.resultsTable is None and params.overlayVolume is None
+    assert params.adcMapVolume is None
+    with pytest.raises(AssertionError):
+        params.adcColorMapOpacity = 1.5
     with pytest.raises(AssertionError):
         params.cutoff = 9.0
     with pytest.raises(AssertionError):
@@ -1205,6 +1377,59 @@ def test_logic_process_publishes_and_shows_the_overlay(module, app):
         logic.process(params, cancelled=lambda: True)
     logic.forgetResult()
     assert logic.lastResult is None
+
+
+def test_logic_shows_the_adc_map_and_colours_segments_on_request(module, app):
+    composite = app.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    study, _, logic, params = run_logic(module, app, cutoff=1.0)
+    segments = study.segmentation.GetSegmentation()
+    ids = {segments.GetSegment(sid).GetName(): sid for sid in segment_ids(study.segmentation)}
+    own = segment_colors(study.segmentation)
+    logic.process(params)
+    adc_map = params.adcMapVolume
+    assert adc_map is not None and adc_map.GetAttribute(panel.ADC_MAP_ATTRIBUTE) == "1"
+    display = adc_map.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((2.0, 1.0))
+    assert composite.GetForegroundVolumeID() is None          # off by default
+    assert segment_colors(study.segmentation) == own            # not asked: the user's colours
+
+    params.showAdcColorMap, params.adcColorMapOpacity = True, 0.7
+    logic.updateOverlayDisplay(params)
+    assert composite.GetForegroundVolumeID() == adc_map.GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.7)
+    assert composite.GetLabelVolumeID() == params.overlayVolume.GetID()
+    params.showAdcColorMap = False
+    logic.updateOverlayDisplay(params)
+    assert composite.GetForegroundVolumeID() is None
+    # A foreground the user chose is not this map: left alone while the map is off.
+    composite.SetForegroundVolumeID(study.t2.GetID())
+    params.overlayOpacity = 0.6
+    logic.updateOverlayDisplay(params)
+    assert composite.GetForegroundVolumeID() == study.t2.GetID() and composite.GetLabelOpacity() == pytest.approx(0.6)
+
+    # Ticking colours the lesions from the last result at once; unticking gives the colours back.
+    params.colorSegmentsByClass = True
+    logic.updateOverlayDisplay(params)
+    assert segment_colors(study.segmentation)["L2 lesion"] == CLASS_RGB["malignant-range"]
+    assert segment_colors(study.segmentation)["L4 lesion"] == CLASS_RGB["benign-range"]
+    params.colorSegmentsByClass = False
+    logic.updateOverlayDisplay(params)
+    assert segment_colors(study.segmentation) == own
+
+    # Apply with both on: the same map node (recentred on the new cut-off), shown, lesions coloured.
+    params.showAdcColorMap, params.colorSegmentsByClass, params.cutoff = True, True, 1.21
+    nodes = app.scene.GetNumberOfNodes()
+    logic.process(params)
+    assert params.adcMapVolume is adc_map and app.scene.GetNumberOfNodes() == nodes
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((2.42, 1.21))
+    assert composite.GetForegroundVolumeID() == adc_map.GetID()
+    assert rgb(panel.original_segment_color(study.segmentation, ids["L2 lesion"])) == own["L2 lesion"]
+    assert segment_colors(study.segmentation)["L2 lesion"] == CLASS_RGB["malignant-range"]
+    # After a scene close (no last result), unticking still restores, from the segment tags.
+    logic.forgetResult()
+    params.colorSegmentsByClass = False
+    logic.updateOverlayDisplay(params)
+    assert segment_colors(study.segmentation) == own
 
 
 def test_results_table_cells_hold_the_rows(module, app):

@@ -95,8 +95,11 @@ class VertebralMarrowParameterNode:
     indeterminateBand - means within cut-off +/- band are indeterminate (0: no band).
     signalLowBelow, signalHighAbove - lesion/reference signal ratios called low / high.
     fitMethod, bmin, bmax - the DWI fit; b-value limits of 0 mean no limit.
-    showOverlay, overlayOpacity - the overlay in the slice views.
-    resultsTable, overlayVolume - the outputs (created by Apply when empty, reused after).
+    showOverlay, overlayOpacity - the overlay in the slice views (label layer).
+    showAdcColorMap, adcColorMapOpacity - the continuous ADC map in the slice views (foreground layer).
+    colorSegmentsByClass - lesion segments take their class colour; their own colours are kept
+        in a segment tag and come back when this is turned off.
+    resultsTable, overlayVolume, adcMapVolume - the outputs (created by Apply when empty, reused after).
     """
 
     segmentation: vtkMRMLSegmentationNode
@@ -119,8 +122,12 @@ class VertebralMarrowParameterNode:
     bmax: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
     showOverlay: bool = True
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    showAdcColorMap: bool = False
+    adcColorMapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    colorSegmentsByClass: bool = False
     resultsTable: vtkMRMLTableNode
     overlayVolume: vtkMRMLLabelMapVolumeNode
+    adcMapVolume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -166,6 +173,8 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.disclaimerLabel.text = _(DISCLAIMER)
         self.ui.differentialBrowser.setHtml(panel.differential_html(None, None))
+        # Only published ADC maps (not the user's own volumes, which Apply would overwrite)
+        self.ui.adcMapSelector.addAttribute("vtkMRMLScalarVolumeNode", panel.ADC_MAP_ATTRIBUTE, "1")
 
         # Buttons and the widgets not bound to the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -429,6 +438,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         self.lastResult = None
         self._fittedAdcNode = None
         self._shownOverlay = None
+        self._shownSegmentColors = None
 
     def getParameterNode(self):
         return VertebralMarrowParameterNode(super().getParameterNode())
@@ -438,6 +448,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         self.lastStudy = self.lastResult = None
         self._fittedAdcNode = None
         self._shownOverlay = None
+        self._shownSegmentColors = None
 
     @staticmethod
     def application() -> HeadlessApp:
@@ -465,17 +476,21 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
 
     def process(self, parameterNode, progress: Optional[Callable[[float, str], None]] = None,
                 cancelled: Optional[Callable[[], bool]] = None, showResult: bool = True) -> analysis.AnalysisResult:
-        """Analyse the study the parameter node selects, publish the results table and overlay
-        (reusing the parameter node's output nodes) and show the overlay in the slice views."""
+        """Analyse the study the parameter node selects, publish the results table, the overlay
+        and the continuous ADC map (reusing the parameter node's output nodes), colour the lesion
+        segments by class when asked, and show the overlay in the slice views."""
         if parameterNode is None:
             raise ValueError("no parameter node")
         study = panel.study_from_parameters(parameterNode)
         options = panel.options_from_parameters(parameterNode)
         result = self.analyze(study, options, progress=progress, cancelled=cancelled)
         published = panel.publish(slicer.mrmlScene, result, table=parameterNode.resultsTable,
-                                  overlay=parameterNode.overlayVolume)
+                                  overlay=parameterNode.overlayVolume, adc_map=parameterNode.adcMapVolume,
+                                  segmentation=study.segmentation,
+                                  color_segments=parameterNode.colorSegmentsByClass)
         parameterNode.resultsTable = published.table
         parameterNode.overlayVolume = published.overlay
+        parameterNode.adcMapVolume = published.adc_map
         if showResult:
             self.showResult(parameterNode, result)
         return result
@@ -488,15 +503,21 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         self.updateOverlayDisplay(parameterNode)
 
     def updateOverlayDisplay(self, parameterNode) -> None:
-        """Show or hide the overlay, at the chosen opacity, when either changed."""
-        if parameterNode is None or parameterNode.overlayVolume is None:
+        """Show or hide the overlay (label layer) and the continuous ADC map (foreground layer)
+        at their opacities, and colour the lesion segments by class or give them back their own
+        colours; each only when its choices changed, so the user's own changes stay."""
+        if parameterNode is None:
             return
-        label = parameterNode.overlayVolume if parameterNode.showOverlay else None
-        state = (label.GetID() if label else None, round(float(parameterNode.overlayOpacity), 3))
-        if state == self._shownOverlay:
-            return
-        slicer.util.setSliceViewerLayers(label=label, labelOpacity=float(parameterNode.overlayOpacity))
-        self._shownOverlay = state
+        layers = panel.slice_layers(parameterNode, slicer.mrmlScene)
+        state = panel.layers_state(layers)
+        if layers and state != self._shownOverlay:
+            slicer.util.setSliceViewerLayers(**layers)
+            self._shownOverlay = state
+        segmentation = parameterNode.segmentation
+        colorState = (segmentation.GetID() if segmentation else None, bool(parameterNode.colorSegmentsByClass), id(self.lastResult))
+        if colorState != self._shownSegmentColors:
+            panel.update_segment_colors(segmentation, self.lastResult, parameterNode.colorSegmentsByClass)
+            self._shownSegmentColors = colorState
 
     def exportReport(self, folder, progress: Optional[Callable[[float, str], None]] = None) -> list:
         """Write the report folder of the last analysis (CSV, JSON, overlay, snapshots, HTML
@@ -551,6 +572,9 @@ class VertebralMarrowTest(ScriptedLoadableModuleTest):
         parameters.fsVolume = study.fs
         parameters.resultsTable = None
         parameters.overlayVolume = None
+        parameters.adcMapVolume = None
+        parameters.showAdcColorMap = False
+        parameters.colorSegmentsByClass = False
         return widget, parameters, expected
 
     def _checkResults(self, parameters, expected, rows, places):
@@ -597,6 +621,32 @@ class VertebralMarrowTest(ScriptedLoadableModuleTest):
         self.assertIsNone(compositeNode.GetLabelVolumeID())
         parameters.showOverlay = True
 
+        # The continuous ADC map, centred on the cut-off, as the foreground layer on request
+        adcMap = parameters.adcMapVolume
+        self.assertIsNotNone(adcMap)
+        self.assertAlmostEqual(adcMap.GetDisplayNode().GetLevel(), parameters.cutoff, places=5)
+        self.assertAlmostEqual(adcMap.GetDisplayNode().GetWindow(), 2 * parameters.cutoff, places=5)
+        self.assertEqual(widget.ui.adcMapSelector.currentNode(), adcMap)
+        self.assertIsNone(compositeNode.GetForegroundVolumeID())
+        parameters.adcColorMapOpacity = 0.7
+        parameters.showAdcColorMap = True
+        self.assertEqual(compositeNode.GetForegroundVolumeID(), adcMap.GetID())
+        self.assertAlmostEqual(compositeNode.GetForegroundOpacity(), 0.7)
+        parameters.showAdcColorMap = False
+        self.assertIsNone(compositeNode.GetForegroundVolumeID())
+
+        # Lesion segments coloured by class on request, their own colours back when unticked
+        segments = parameters.segmentation.GetSegmentation()
+        l2 = segments.GetSegment(segments.GetSegmentIdBySegmentName("L2 lesion"))
+        ownColor = tuple(l2.GetColor())
+        widget.ui.colorSegmentsByClassCheckBox.checked = True
+        self.assertTrue(parameters.colorSegmentsByClass)
+        for got, want in zip(l2.GetColor(), panel.CLASS_COLORS[3][1][:3]):  # malignant-range red
+            self.assertAlmostEqual(got, want, places=5)
+        widget.ui.colorSegmentsByClassCheckBox.checked = False
+        for got, want in zip(l2.GetColor(), ownColor):
+            self.assertAlmostEqual(got, want, places=5)
+
         # The differential box shows the chosen lesion's ranking and the disclaimer
         self.assertEqual(widget.ui.lesionComboBox.count, 2)
         widget.ui.lesionComboBox.setCurrentIndex(1)
@@ -606,9 +656,10 @@ class VertebralMarrowTest(ScriptedLoadableModuleTest):
         self.assertIn(DISCLAIMER, text)
 
         # A second Apply reuses the output nodes
-        tableId, overlayId = parameters.resultsTable.GetID(), parameters.overlayVolume.GetID()
+        outputIds = (parameters.resultsTable.GetID(), parameters.overlayVolume.GetID(), parameters.adcMapVolume.GetID())
         widget.onApplyButton()
-        self.assertEqual((parameters.resultsTable.GetID(), parameters.overlayVolume.GetID()), (tableId, overlayId))
+        self.assertEqual((parameters.resultsTable.GetID(), parameters.overlayVolume.GetID(),
+                          parameters.adcMapVolume.GetID()), outputIds)
         self.delayDisplay("Test passed")
 
     def test_VertebralMarrowApplyDwi(self):

@@ -8,6 +8,8 @@ import json
 import math
 import platform
 from pathlib import Path
+from typing import Dict, List, Tuple
+
 import numpy as np
 
 import slicer
@@ -225,13 +227,27 @@ def adc_map_node(scene, result: AnalysisResult, color_node, node=None):
     return node
 
 
-def color_segments_by_class(segmentation_node, result: AnalysisResult) -> None:
-    """Lesion segments take their class colour (the segmentation passed must be one the user
-    may see changed: the exported scene's, or on request in Slicer)."""
+def segment_class_colors(segmentation_node, result: AnalysisResult) -> Dict[str, Tuple[float, float, float]]:
+    """segment id -> RGB of its class, for the lesion segments of `result` with a class
+    (benign-range, indeterminate, malignant-range) that are still in the segmentation under the
+    same id and name (segments removed or renamed since the analysis are left out)."""
     class_of = {"benign": 1, "indeterminate": 2, "malignant": 3}
     by_name = {row["segment"]: row["adc_class"] for row in result.rows}
     segmentation = segmentation_node.GetSegmentation()
+    colors = {}
     for detail in result.segments:
         value = class_of.get(by_name.get(detail["name"], ""))
-        if value is not None:
-            segmentation.GetSegment(detail["id"]).SetColor(*CLASS_COLORS[value][1][:3])
+        segment = segmentation.GetSegment(detail["id"])
+        if value is not None and segment is not None and segment.GetName() == detail["name"]:
+            colors[detail["id"]] = tuple(float(c) for c in CLASS_COLORS[value][1][:3])
+    return colors
+
+
+def color_segments_by_class(segmentation_node, result: AnalysisResult) -> List[str]:
+    """Lesion segments take their class colour (the segmentation passed must be one the user
+    may see changed: the exported scene's, or on request in Slicer). The ids coloured."""
+    segmentation = segmentation_node.GetSegmentation()
+    colors = segment_class_colors(segmentation_node, result)
+    for segment_id, rgb in colors.items():
+        segmentation.GetSegment(segment_id).SetColor(*rgb)
+    return list(colors)

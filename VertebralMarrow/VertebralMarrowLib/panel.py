@@ -8,9 +8,12 @@ everything they decide can be tested here on real MRML nodes:
 - DWI inputs: a sequence node, a list of volumes or a diffusion-weighted volume node, with
   their b-values from the text field, the sequence's index values or the volume names;
 - the segment-roles table (rows read from, roles written to segment tags);
-- publishing a result as table, class colors and overlay nodes, reusing the nodes of the
-  previous run; the table carries the whole result document (JSON attribute), so the
-  differential shown in the panel survives a scene save and reload;
+- publishing a result as table, class colors, overlay and continuous ADC map nodes, reusing
+  the nodes of the previous run; the table carries the whole result document (JSON
+  attribute), so the differential shown in the panel survives a scene save and reload;
+- the slice-view layers the display choices ask for (overlay as label layer, ADC map as
+  foreground), and lesion segments coloured by class on request, their own colours kept in a
+  segment tag so that turning it off gives them back;
 - the differential as HTML for the panel's text box, with its reasons and the disclaimer;
 - a private copy of a study and result for export, so writing the report folder never
   changes the user's scene (its URL, storage nodes, added nodes);
@@ -53,7 +56,17 @@ from .mrml import (
     set_segment_role,
     volume_from_array,
 )
-from .outputs import class_color_node, overlay_node, result_document, results_table_node
+from .outputs import (
+    CLASS_COLORS,
+    adc_color_node,
+    adc_map_node,
+    class_color_node,
+    color_segments_by_class,
+    overlay_node,
+    result_document,
+    results_table_node,
+    segment_class_colors,
+)
 from .study import parse_bvalues
 
 ADC_UNIT_CHOICES = ("auto", "mm2/s", "1e-3", "1e-6")
@@ -62,6 +75,9 @@ ROLE_CHOICES = ROLES
 
 DOCUMENT_ATTRIBUTE = "VertebralMarrow.Result"      # on the results table: result_document() as JSON
 CLASS_COLORS_ATTRIBUTE = "VertebralMarrow.ClassColors"
+ADC_COLORS_ATTRIBUTE = "VertebralMarrow.AdcColors"   # on the continuous ADC colour table
+ADC_MAP_ATTRIBUTE = "VertebralMarrow.AdcColorMap"    # on the published ADC map (the panel's selector lists these)
+ORIGINAL_COLOR_TAG = "VertebralMarrow.OriginalColor"  # segment tag: "r g b" before colouring by class
 
 # The text of the panel's DWI b-values field may be empty: then the b-values come from the
 # sequence's index values or from the volume names ("DWI b=800", "dwi_b0800", "b800").
@@ -280,32 +296,172 @@ class Published:
     table: object
     colors: object
     overlay: object
+    adc_map: object = None
+    adc_colors: object = None
 
 
-def publish(scene, result: AnalysisResult, table=None, overlay=None) -> Published:
+def publish(scene, result: AnalysisResult, table=None, overlay=None, adc_map=None,
+            segmentation=None, color_segments: bool = False) -> Published:
     """The result as nodes in `scene`: the results table (carrying the result document as a
-    JSON attribute), the class color table and the overlay labelmap on the ADC grid. Nodes
-    of a previous run (`table`, `overlay`, the class colors) are reused and updated."""
+    JSON attribute), the class color table, the overlay labelmap on the ADC grid, and the ADC
+    map in 10^-3 mm^2/s with a continuous colour table centred on the cut-off. Nodes of a
+    previous run (`table`, `overlay`, `adc_map`, the two color tables) are reused and updated.
+
+    `segmentation` (the analysed one): with `color_segments` its lesion segments take their
+    class colour, their own colours kept in a segment tag; without, segments coloured by an
+    earlier run get their own colours back (see update_segment_colors)."""
     colors = class_color_node(scene, _class_colors(scene, overlay))
     colors.SetAttribute(CLASS_COLORS_ATTRIBUTE, "1")
     table = results_table_node(scene, result, table)
     table.SetAttribute(DOCUMENT_ATTRIBUTE, json.dumps(result_document(result), default=_json_default))
     overlay = overlay_node(scene, result, colors, overlay)
     overlay.SetAttribute("VertebralMarrow.Classes", json.dumps({str(value): name for value, name in OVERLAY_CLASSES.items()}))
-    return Published(table, colors, overlay)
+    adc_colors = adc_color_node(scene, _tagged_color_node(scene, adc_map, ADC_COLORS_ATTRIBUTE))
+    adc_colors.SetAttribute(ADC_COLORS_ATTRIBUTE, "1")
+    adc_map = adc_map_node(scene, result, adc_colors, _reusable_adc_map(adc_map, result))
+    adc_map.SetAttribute(ADC_MAP_ATTRIBUTE, "1")
+    if segmentation is not None:
+        update_segment_colors(segmentation, result, color_segments)
+    return Published(table, colors, overlay, adc_map, adc_colors)
 
 
 def _class_colors(scene, overlay):
-    if overlay is not None and overlay.GetDisplayNode() is not None:
-        color = overlay.GetDisplayNode().GetColorNode()
-        if color is not None and color.GetAttribute(CLASS_COLORS_ATTRIBUTE) == "1":
+    return _tagged_color_node(scene, overlay, CLASS_COLORS_ATTRIBUTE)
+
+
+def _tagged_color_node(scene, volume, attribute: str):
+    """The color table of an earlier run: the one `volume` shows, else the first in the scene
+    carrying `attribute`; None when there is none (a new one is made)."""
+    if volume is not None and volume.GetDisplayNode() is not None:
+        color = volume.GetDisplayNode().GetColorNode()
+        if color is not None and color.GetAttribute(attribute) == "1":
             return color
     nodes = scene.GetNodesByClass("vtkMRMLColorTableNode")
     for index in range(nodes.GetNumberOfItems()):
         node = nodes.GetItemAsObject(index)
-        if node.GetAttribute(CLASS_COLORS_ATTRIBUTE) == "1":
+        if node.GetAttribute(attribute) == "1":
             return node
     return None
+
+
+def _reusable_adc_map(node, result: AnalysisResult):
+    """The ADC map node to update: never the analysed ADC map itself (scanner or fitted) nor a
+    labelmap; those get a new node beside them."""
+    if node is None or node is result.adc_node or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return None
+    return node
+
+
+# --- what the slice views show ------------------------------------------------------------
+
+
+def slice_layers(params, scene) -> dict:
+    """Keyword arguments for slicer.util.setSliceViewerLayers from the panel's display
+    choices: the overlay as the label layer (None when hidden) at its opacity, and the
+    continuous ADC map as the foreground layer at its opacity when asked. When not asked the
+    foreground is cleared only if it shows this ADC map, so a foreground the user chose stays.
+    Layers without an output node yet (before Apply) are left as they are: {} for none."""
+    layers = {}
+    overlay = params.overlayVolume
+    if overlay is not None:
+        layers["label"] = overlay if params.showOverlay else None
+        layers["labelOpacity"] = float(params.overlayOpacity)
+    adc_map = params.adcMapVolume
+    if adc_map is not None and params.showAdcColorMap:
+        layers["foreground"] = adc_map
+        layers["foregroundOpacity"] = float(params.adcColorMapOpacity)
+    elif adc_map is not None and adc_map.GetID() in foreground_volume_ids(scene):
+        layers["foreground"] = None
+    return layers
+
+
+def foreground_volume_ids(scene) -> List[str]:
+    """The foreground volume of every slice view of `scene` (its slice composite nodes)."""
+    ids = []
+    nodes = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for index in range(nodes.GetNumberOfItems()):
+        node_id = nodes.GetItemAsObject(index).GetForegroundVolumeID()
+        if node_id:
+            ids.append(node_id)
+    return ids
+
+
+def layers_state(layers: dict) -> tuple:
+    """What `slice_layers` asks for, comparable between calls (node IDs, rounded opacities),
+    so the views are set only when a choice changed."""
+    def value(item):
+        if hasattr(item, "GetID"):
+            return item.GetID()
+        return round(float(item), 3) if isinstance(item, float) else item
+    return tuple(sorted((key, value(item)) for key, item in layers.items()))
+
+
+# --- lesion segments coloured by class ----------------------------------------------------
+
+
+def update_segment_colors(segmentation_node, result: Optional[AnalysisResult], by_class: bool) -> List[str]:
+    """Colour lesion segments by class, or give them back their own colours; the ids of the
+    segments whose colour was set.
+
+    by_class with a result: each lesion segment with a class (the result's segments still in
+    the segmentation under the same id and name) keeps its own colour in a segment tag (saved
+    with the scene; once, so later runs do not overwrite it) and takes its class colour; any
+    other segment coloured earlier gets its own colour back. Not by_class: every segment with
+    a kept colour gets it back (see restore_segment_colors). by_class without a result (before
+    Apply, after a scene reload): nothing to colour by, nothing changes."""
+    if segmentation_node is None:
+        return []
+    if not by_class:
+        return restore_segment_colors(segmentation_node)
+    if result is None:
+        return []
+    colors = segment_class_colors(segmentation_node, result)
+    restored = restore_segment_colors(segmentation_node, keep=colors)
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id in colors:
+        segment = segmentation.GetSegment(segment_id)
+        if not segment.HasTag(ORIGINAL_COLOR_TAG):
+            segment.SetTag(ORIGINAL_COLOR_TAG, " ".join(repr(float(c)) for c in segment.GetColor()))
+    return restored + color_segments_by_class(segmentation_node, result)
+
+
+def restore_segment_colors(segmentation_node, keep=()) -> List[str]:
+    """Segments coloured by class (those with the original-colour tag, but the ids in `keep`)
+    get their own colour back and lose the tag; the ids recoloured. A segment the user
+    recoloured since (its colour is no class colour) keeps the user's colour."""
+    restored = []
+    if segmentation_node is None:
+        return restored
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_id in segment_ids(segmentation_node):
+        segment = segmentation.GetSegment(segment_id)
+        if segment_id in keep or not segment.HasTag(ORIGINAL_COLOR_TAG):
+            continue
+        original = original_segment_color(segmentation_node, segment_id)
+        if original is not None and _is_class_color(segment.GetColor()):
+            segment.SetColor(*original)
+            restored.append(segment_id)
+        segment.RemoveTag(ORIGINAL_COLOR_TAG)
+    return restored
+
+
+def original_segment_color(segmentation_node, segment_id: str) -> Optional[Tuple[float, float, float]]:
+    """The colour a segment had before it was coloured by class, or None (not coloured by
+    class, or an unreadable tag)."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    value = vtk.mutable("")
+    if segment is None or not segment.GetTag(ORIGINAL_COLOR_TAG, value):
+        return None
+    try:
+        rgb = tuple(float(part) for part in str(value).split())
+    except ValueError:
+        return None
+    return rgb if len(rgb) == 3 and all(0.0 <= c <= 1.0 for c in rgb) else None
+
+
+def _is_class_color(rgb, tolerance: float = 1e-3) -> bool:
+    return any(all(abs(float(a) - b) <= tolerance for a, b in zip(rgb, rgba[:3]))
+               for value, (_, rgba) in CLASS_COLORS.items() if value != 0)
 
 
 def _json_default(value):
