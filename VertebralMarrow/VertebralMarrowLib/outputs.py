@@ -15,7 +15,7 @@ import numpy as np
 import slicer
 
 from . import __version__
-from .analysis import AnalysisResult
+from .analysis import OVERLAY_CLASSES, AnalysisResult
 from .criteria import citation
 from .mrml import ijk_to_ras_of, set_ijk_to_ras, volume_from_array
 
@@ -43,6 +43,12 @@ COLUMNS = (
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
 TEXT_COLUMNS = ("segment", "role", "adc_class", "t1_signal", "t2_signal", "fs_signal", "differential")
+
+# Attributes that mark the nodes VertebralMarrow made, so a later run (or the panel) finds them.
+CLASS_COLORS_ATTRIBUTE = "VertebralMarrow.ClassColors"
+ADC_COLORS_ATTRIBUTE = "VertebralMarrow.AdcColors"
+ADC_MAP_ATTRIBUTE = "VertebralMarrow.AdcColorMap"
+OVERLAY_ATTRIBUTE = "VertebralMarrow.Classes"
 
 CLASS_COLORS = {  # overlay value: (name, RGBA)
     0: ("background", (0.0, 0.0, 0.0, 0.0)),
@@ -171,6 +177,7 @@ def class_color_node(scene, node=None):
     color.SetNamesInitialised(True)
     for value, (name, rgba) in CLASS_COLORS.items():
         color.SetColor(value, name, *rgba)
+    color.SetAttribute(CLASS_COLORS_ATTRIBUTE, "1")
     return color
 
 
@@ -186,6 +193,7 @@ def overlay_node(scene, result: AnalysisResult, color_node, node=None):
             node.CreateDefaultDisplayNodes()
     node.SetAndObserveTransformNodeID(result.adc_node.GetTransformNodeID())
     node.GetDisplayNode().SetAndObserveColorNodeID(color_node.GetID())
+    node.SetAttribute(OVERLAY_ATTRIBUTE, json.dumps({str(value): name for value, name in OVERLAY_CLASSES.items()}))
     return node
 
 
@@ -205,6 +213,7 @@ def adc_color_node(scene, node=None, steps: int = 256):
     for index, t in enumerate(np.linspace(0.0, 1.0, steps)):
         rgb = red + (yellow - red) * (t / 0.5) if t <= 0.5 else yellow + (green - yellow) * ((t - 0.5) / 0.5)
         color.SetColor(index, f"{t:.3f}", *rgb, 1.0)
+    color.SetAttribute(ADC_COLORS_ATTRIBUTE, "1")
     return color
 
 
@@ -220,6 +229,7 @@ def adc_map_node(scene, result: AnalysisResult, color_node, node=None):
             node.CreateDefaultDisplayNodes()
     node.SetAndObserveTransformNodeID(result.adc_node.GetTransformNodeID())
     node.SetAttribute("VertebralMarrow.Units", "1e-3 mm2/s")
+    node.SetAttribute(ADC_MAP_ATTRIBUTE, "1")
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(color_node.GetID())
     display.AutoWindowLevelOff()

@@ -37,7 +37,7 @@ import slicer
 import vtk
 
 from . import DISCLAIMER
-from .analysis import OVERLAY_CLASSES, AnalysisResult, StudyNodes
+from .analysis import AnalysisResult, StudyNodes
 from .criteria import Options
 from .differential import is_number, likelihood_text
 from .errors import InputError
@@ -57,6 +57,9 @@ from .mrml import (
     volume_from_array,
 )
 from .outputs import (
+    ADC_COLORS_ATTRIBUTE,
+    ADC_MAP_ATTRIBUTE,  # noqa: F401  the widget filters its ADC-map selector by it
+    CLASS_COLORS_ATTRIBUTE,
     CLASS_COLORS,
     adc_color_node,
     adc_map_node,
@@ -74,9 +77,6 @@ FIT_METHOD_CHOICES = ("iwls", "ols")
 ROLE_CHOICES = ROLES
 
 DOCUMENT_ATTRIBUTE = "VertebralMarrow.Result"      # on the results table: result_document() as JSON
-CLASS_COLORS_ATTRIBUTE = "VertebralMarrow.ClassColors"
-ADC_COLORS_ATTRIBUTE = "VertebralMarrow.AdcColors"   # on the continuous ADC colour table
-ADC_MAP_ATTRIBUTE = "VertebralMarrow.AdcColorMap"    # on the published ADC map (the panel's selector lists these)
 ORIGINAL_COLOR_TAG = "VertebralMarrow.OriginalColor"  # segment tag: "r g b" before colouring by class
 
 # The text of the panel's DWI b-values field may be empty: then the b-values come from the
@@ -311,15 +311,11 @@ def publish(scene, result: AnalysisResult, table=None, overlay=None, adc_map=Non
     class colour, their own colours kept in a segment tag; without, segments coloured by an
     earlier run get their own colours back (see update_segment_colors)."""
     colors = class_color_node(scene, _class_colors(scene, overlay))
-    colors.SetAttribute(CLASS_COLORS_ATTRIBUTE, "1")
     table = results_table_node(scene, result, table)
     table.SetAttribute(DOCUMENT_ATTRIBUTE, json.dumps(result_document(result), default=_json_default))
     overlay = overlay_node(scene, result, colors, overlay)
-    overlay.SetAttribute("VertebralMarrow.Classes", json.dumps({str(value): name for value, name in OVERLAY_CLASSES.items()}))
     adc_colors = adc_color_node(scene, _tagged_color_node(scene, adc_map, ADC_COLORS_ATTRIBUTE))
-    adc_colors.SetAttribute(ADC_COLORS_ATTRIBUTE, "1")
     adc_map = adc_map_node(scene, result, adc_colors, _reusable_adc_map(adc_map, result))
-    adc_map.SetAttribute(ADC_MAP_ATTRIBUTE, "1")
     if segmentation is not None:
         update_segment_colors(segmentation, result, color_segments)
     return Published(table, colors, overlay, adc_map, adc_colors)
