@@ -345,7 +345,7 @@ def _fraction_outside(segmentation_node, segment_id: str, volume_node) -> float:
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
     if image is None or image.GetPointData().GetScalars() is None:
-        return 1.0
+        return 0.0  # a surface-only segment: unknown here; an empty export still raises
     extent = image.GetExtent()
     dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
     if min(dims) <= 0:
