@@ -2,24 +2,33 @@
 
 Expected b-values come from the reference .bval files shipped with each series, expected image
 counts and median ADC values from the data README (computed independently of this reader),
-and the Siemens XA30 scanner's own ADC map checks the fit end to end.
+and the Siemens XA30 scanner's own ADC map checks the fit end to end: through the reader, and
+through `vertebral-marrow adc|analyze --dwi-dicom` in a subprocess.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "dicom-dwi"
+ENTRY_POINT = Path(sys.executable).parent / "vertebral-marrow"
 
+from VertebralMarrowLib.adc import fit_adc_volume, trace_weighted
 from VertebralMarrowLib.dicom_dwi import read_dwi_dicom
 from VertebralMarrowLib.errors import InputError
 
@@ -273,8 +282,17 @@ def test_folder_with_only_b0_images(tmp_path):
 
 def test_folder_with_only_derived_maps(tmp_path):
     source = series_folder("siemens_xa30_classic_dwi") / "dicom_derived"
-    copy_files(source, tmp_path, [p.name for p in source.iterdir()])
+    copy_files(source, tmp_path, [XA30_ADC_MAP])
     with pytest.raises(InputError, match="all derived maps"):
+        read_dwi_dicom(tmp_path)
+
+
+def test_folder_with_trace_and_adc_map_but_no_b0(tmp_path):
+    # The XA30 TRACEW series holds b=2500 only (its ref .bval is "2500"): one b-value.
+    source = series_folder("siemens_xa30_classic_dwi") / "dicom_derived"
+    copy_files(source, tmp_path, [p.name for p in source.iterdir()])
+    with pytest.raises(InputError, match=r"only one b-value \(2500\), in the scanner's trace images "
+                                         r"\(TRACEW at b=2500\) and no b=0 image; an ADC fit needs at least two"):
         read_dwi_dicom(tmp_path)
 
 
@@ -312,3 +330,334 @@ def test_ge_bvalue_offset_is_stripped(tmp_path):
         ds[0x0043, 0x1039].value = [int(first) + 1_000_000_000, *rest]
         ds.save_as(tmp_path / path.name)
     assert read_dwi_dicom(tmp_path).bvalues == [0.0, 1000.0]
+
+
+
+# ----------------------------------------------------------------- scanner trace images only
+#
+# siemens_xa30_classic_dwi/dicom_derived holds what the scanner computed for slice 20: the
+# ADC map (series 12001) and the trace-weighted image at b=2500 (series 13001, TRACEW). The
+# scanner's TRACEW series has no b=0 image, so the real trace-only folder is that TRACEW image
+# plus the b=0 image of the original series 11001 (same study, frame of reference, protocol,
+# TE and TR): no directional image anywhere.
+
+XA30_B0 = "11001020_1.3.12.2.1107.5.2.43.67093.30000023011319484937100003674.dcm"
+XA30_ADC_MAP = "12001020_1.3.12.2.1107.5.2.43.67093.30000023011319484937100005335.dcm"
+XA30_TRACEW = "13001020_1.3.12.2.1107.5.2.43.67093.30000023011319484937100005416.dcm"
+
+
+def pixels(path: Path) -> np.ndarray:
+    return pydicom.dcmread(path).pixel_array.astype(np.float64)
+
+
+def xa30_scanner() -> dict:
+    """The XA30 slice as stored: b0, the 20 directions, TRACEW and the ADC map (10^-6 mm^2/s),
+    and the README's mask (S0 > 25 % of its 99th percentile)."""
+    folder = series_folder("siemens_xa30_classic_dwi")
+    originals = sorted((folder / "dicom").iterdir())
+    b0 = pixels(originals[0])
+    return {
+        "b0": b0,
+        "directions": np.stack([pixels(path) for path in originals[1:]]),
+        "trace": pixels(folder / "dicom_derived" / XA30_TRACEW),
+        "adc": pixels(folder / "dicom_derived" / XA30_ADC_MAP),
+        "mask": b0 > 0.25 * np.percentile(b0, 99),
+    }
+
+
+def trace_only_folder(target: Path, with_adc_map: bool = True) -> Path:
+    folder = series_folder("siemens_xa30_classic_dwi")
+    copy_files(folder / "dicom", target, [XA30_B0])
+    copy_files(folder / "dicom_derived", target, [XA30_TRACEW] + ([XA30_ADC_MAP] if with_adc_map else []))
+    return target
+
+
+def test_xa30_real_files_hold_no_trace_only_series_with_two_bvalues():
+    """What the data offers, checked rather than assumed: one TRACEW image (b=2500), an ADC
+    map without a b-value, and b=0 only among the originals."""
+    folder = series_folder("siemens_xa30_classic_dwi")
+    derived = {path.name: pydicom.dcmread(path, stop_before_pixels=True)
+               for path in (folder / "dicom_derived").iterdir()}
+    assert set(derived) == {XA30_ADC_MAP, XA30_TRACEW}
+    assert "TRACEW" in derived[XA30_TRACEW].ImageType and derived[XA30_TRACEW][0x0019, 0x100C].value == 2500
+    assert "ADC" in derived[XA30_ADC_MAP].ImageType and (0x0019, 0x100C) not in derived[XA30_ADC_MAP]
+    assert (folder / "ref" / "13001_DWI_dir80_AP.bval").read_text().split() == ["2500"]
+    b0 = pydicom.dcmread(folder / "dicom" / XA30_B0, stop_before_pixels=True)
+    assert b0.ImageType[0] == "ORIGINAL" and b0[0x0019, 0x100C].value == 0
+    assert b0.SeriesInstanceUID != derived[XA30_TRACEW].SeriesInstanceUID
+    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "ProtocolName", "EchoTime", "RepetitionTime"):
+        assert b0.get(keyword) == derived[XA30_TRACEW].get(keyword), keyword
+
+
+def test_trace_only_series_is_read_and_fits_the_scanner_adc(tmp_path):
+    series = read_dwi_dicom(trace_only_folder(tmp_path))
+    scanner = xa30_scanner()
+    assert series.bvalues == [0.0, 2500.0]
+    assert series.images_per_bvalue == [1, 1]
+    assert series.description == (
+        "Siemens MAGNETOM Prisma Fit, syngo MR XA30, classic, 2 images; scanner trace images used "
+        "(TRACEW at b=2500 and original b=0 images): the folder has no directional images")
+    assert [s.split(":")[0] for s in series.skipped] == [XA30_ADC_MAP]
+    # the stored pixels, untouched: b=0 from the original, b=2500 from the TRACEW image
+    np.testing.assert_array_equal(series.volumes[0][0], scanner["b0"])
+    np.testing.assert_array_equal(series.volumes[1][0], scanner["trace"])
+
+    fitted = fit_adc_volume(series.volumes, series.bvalues)[0] * 1e3  # 10^-6 mm^2/s, as the map
+    inside = scanner["mask"] & (scanner["adc"] > 0)
+    assert inside.sum() > 1500 and np.isfinite(fitted[inside]).all()
+    ratio = np.median(fitted[inside] / scanner["adc"][inside])
+    # Not the 0.1 % of the directional fit: the scanner stores its trace truncated to whole
+    # units, TRACEW = floor(S0 exp(-b ADC_scanner)) in 98 % of the mask. At b=2500 the trace is
+    # 2-7 units, so the stored value is on average half a unit (~13 %) low and the ADC 2.8 %
+    # high. The reader keeps the stored values (other scanners round); half a unit back gives
+    # the scanner's own map, which shows the rest of the chain is exact.
+    implied = np.floor(scanner["b0"] * np.exp(-2500e-6 * scanner["adc"]))
+    assert (scanner["trace"][inside] == implied[inside]).mean() > 0.95
+    assert ratio == pytest.approx(1.028, abs=0.004)
+    half_unit_back = np.log(scanner["b0"][inside] / (scanner["trace"][inside] + 0.5)) / 2500 * 1e6
+    assert np.median(half_unit_back / scanner["adc"][inside]) == pytest.approx(1.0, abs=0.003)
+
+
+def rewritten(source: Path, target: Path, **changes) -> Path:
+    ds = pydicom.dcmread(source)
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target)
+    return target
+
+
+@pytest.mark.parametrize("image_type", [
+    ["DERIVED", "PRIMARY", "DIFFUSION", "TRACEW", "ND", "NORM"],  # Siemens
+    ["DERIVED", "PRIMARY", "DIFFUSION", "TRACE"],
+    ["DERIVED", "SECONDARY", "ISOTROPIC"],
+])
+def test_trace_series_with_its_own_b0_wins_over_original_b0(tmp_path, image_type):
+    """The other usual layout (e.g. Siemens VE11 3-scan trace): one trace series holding b=0
+    and every higher b. Built from the real files with the b=0 image moved into the trace
+    series; the original b=0 in the folder is set aside, not averaged in."""
+    folder = series_folder("siemens_xa30_classic_dwi")
+    trace_uid = pydicom.dcmread(folder / "dicom_derived" / XA30_TRACEW, stop_before_pixels=True).SeriesInstanceUID
+    copy_files(folder / "dicom", tmp_path, [XA30_B0])
+    rewritten(folder / "dicom" / XA30_B0, tmp_path / "trace_b0.dcm", ImageType=image_type, SeriesInstanceUID=trace_uid)
+    rewritten(folder / "dicom_derived" / XA30_TRACEW, tmp_path / "trace_b2500.dcm", ImageType=image_type)
+    series = read_dwi_dicom(tmp_path)
+    kind = image_type[3] if len(image_type) > 3 else image_type[2]
+    assert series.bvalues == [0.0, 2500.0] and series.images_per_bvalue == [1, 1]
+    assert series.description.endswith(
+        f"; scanner trace images used ({kind} at b=0, 2500): the folder has no directional images")
+    assert series.skipped == [f"{XA30_B0}: original image at b=0 set aside: "
+                              "the scanner's trace images at that b-value are used"]
+
+
+def test_trace_images_are_never_mixed_with_directions(tmp_path):
+    folder = series_folder("siemens_xa30_classic_dwi")
+    directions = sorted(p.name for p in (folder / "dicom").iterdir())[:4]  # b0 and 3 directions
+    copy_files(folder / "dicom", tmp_path, directions)
+    trace_only_folder(tmp_path)
+    series = read_dwi_dicom(tmp_path)
+    assert series.images_per_bvalue == [1, 3]
+    assert "trace" not in series.description
+    assert any(s.startswith(f"{XA30_TRACEW}: derived TRACEW image at b=2500, set aside") for s in series.skipped)
+    expected = np.exp(np.log(np.maximum(np.stack(
+        [pixels(folder / "dicom" / name) for name in directions[1:]]), 1)).mean(axis=0))
+    np.testing.assert_allclose(series.volumes[1][0], expected, rtol=1e-6)
+
+
+def test_computed_bvalue_image_is_a_map_even_if_it_says_tracew(tmp_path):
+    folder = series_folder("siemens_xa30_classic_dwi")
+    copy_files(folder / "dicom", tmp_path, [XA30_B0])
+    rewritten(folder / "dicom_derived" / XA30_TRACEW, tmp_path / "calc.dcm",
+              ImageType=["DERIVED", "PRIMARY", "DIFFUSION", "CALC_BVALUE", "TRACEW", "ND"])
+    with pytest.raises(InputError, match=r"only one b-value \(0\); an ADC fit needs at least two$"):
+        read_dwi_dicom(tmp_path)
+
+
+@pytest.mark.parametrize("change", [{"EchoTime": 80}, {"ProtocolName": "DWI_other"},
+                                    {"FrameOfReferenceUID": "1.2.3.4"}])
+def test_b0_of_another_acquisition_is_not_paired_with_trace(tmp_path, change):
+    """A b=0 of another protocol or TE would give a wrong ADC: the two series are refused."""
+    folder = series_folder("siemens_xa30_classic_dwi")
+    copy_files(folder / "dicom_derived", tmp_path, [XA30_TRACEW])
+    rewritten(folder / "dicom" / XA30_B0, tmp_path / "b0.dcm", **change)
+    with pytest.raises(InputError, match="2 series"):
+        read_dwi_dicom(tmp_path)
+
+
+# --------------------------------------------------------- one geometric mean: adc.trace_weighted
+
+
+def test_directions_combine_with_a_zero_floored_at_one_stored_unit():
+    """The reader's trace is adc.trace_weighted with each image's signal step as floor: a stored
+    0 is "below one unit", not missing; NaN stays NaN; a lone image passes through."""
+    directions = [np.array([[0.0, 8.0, np.nan]]), np.array([[2.0, 2.0, 4.0]])]
+    combined, distinct = trace_weighted(directions + [np.array([[0.0, 5.0, 7.0]])], [800, 800, 0],
+                                        floors=[0.5, 0.5, 0.5])
+    assert distinct == [0.0, 800.0]
+    np.testing.assert_array_equal(combined[0], [[0.0, 5.0, 7.0]])
+    np.testing.assert_allclose(combined[1], [[1.0, 4.0, np.nan]])  # sqrt(0.5 * 2), sqrt(8 * 2)
+    unfloored, _ = trace_weighted(directions, [800, 800])
+    assert np.isnan(unfloored[0][0, 0]) and unfloored[0][0, 1] == pytest.approx(4.0)
+
+
+def test_reader_trace_is_the_floored_geometric_mean_of_the_stored_directions():
+    scanner = xa30_scanner()
+    assert (scanner["directions"][:, scanner["mask"]] == 0).any()  # zeros inside the brain
+    expected = np.exp(np.log(np.maximum(scanner["directions"], 1.0)).mean(axis=0))
+    np.testing.assert_allclose(read("siemens_xa30_classic_dwi").volumes[1][0], expected, rtol=1e-6)
+
+
+# ---------------------------------------------------- the command line: vertebral-marrow --dwi-dicom
+
+
+def run_cli(*args, timeout=300):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([str(ENTRY_POINT), "-q", *[str(a) for a in args]],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def sitk_module():
+    return pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture(scope="module")
+def xa30_cli_map(tmp_path_factory):
+    """`vertebral-marrow adc --dwi-dicom siemens_xa30_classic_dwi`: the written map's path."""
+    folder = series_folder("siemens_xa30_classic_dwi")
+    out = tmp_path_factory.mktemp("xa30") / "adc.nrrd"
+    done = run_cli("adc", "--dwi-dicom", folder, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "b = 0, 2500 s/mm^2" in done.stdout
+    return out
+
+
+def assert_on_dicom_grid(image, dicom_file: Path):
+    """The written map sits where the DICOM slice is (SimpleITK speaks LPS, as DICOM does)."""
+    ds = pydicom.dcmread(dicom_file, stop_before_pixels=True)
+    orientation = np.array(ds.ImageOrientationPatient, dtype=float)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(direction[:, 0], orientation[:3], atol=1e-5)
+    np.testing.assert_allclose(direction[:, 1], orientation[3:], atol=1e-5)
+    np.testing.assert_allclose(image.GetOrigin(), np.array(ds.ImagePositionPatient, dtype=float), atol=1e-3)
+    np.testing.assert_allclose(image.GetSpacing()[:2], [float(v) for v in ds.PixelSpacing][::-1], rtol=1e-5)
+
+
+def test_cli_adc_from_dicom_matches_the_scanner_map(xa30_cli_map):
+    sitk = sitk_module()
+    image = sitk.ReadImage(str(xa30_cli_map))
+    assert image.GetPixelID() == sitk.sitkFloat32 and image.GetSize() == (72, 72, 1)
+    assert_on_dicom_grid(image, series_folder("siemens_xa30_classic_dwi") / "dicom" / XA30_B0)
+    written = sitk.GetArrayFromImage(image)[0].astype(np.float64)  # 10^-3 mm^2/s
+    scanner = xa30_scanner()
+    inside = scanner["mask"] & (scanner["adc"] > 0)
+    # independent numpy fit of the stored pixels: b0 and the floored geometric mean at b=2500
+    trace = np.exp(np.log(np.maximum(scanner["directions"], 1.0)).mean(axis=0))
+    expected = np.log(scanner["b0"][inside] / trace[inside]) / 2500 * 1e3
+    np.testing.assert_allclose(written[inside], expected, rtol=1e-5)
+    assert np.median(written[inside] * 1e3 / scanner["adc"][inside]) == pytest.approx(1.0, abs=0.01)
+    assert np.median(written[scanner["mask"]]) == pytest.approx(MEDIAN_ADC["siemens_xa30_classic_dwi"], rel=0.02)
+
+
+def test_cli_adc_from_trace_only_dicom(tmp_path):
+    sitk = sitk_module()
+    out = tmp_path / "adc.nrrd"
+    done = run_cli("adc", "--dwi-dicom", trace_only_folder(tmp_path / "series"), "--out", out)
+    assert done.returncode == 0, done.stderr
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[0].astype(np.float64)
+    scanner = xa30_scanner()
+    inside = scanner["mask"] & (scanner["adc"] > 0)
+    expected = np.log(scanner["b0"][inside] / scanner["trace"][inside]) / 2500 * 1e3
+    np.testing.assert_allclose(written[inside], expected, rtol=1e-5)
+    # 2.8 % above the scanner's map: its truncated TRACEW (see the reader's test above)
+    assert np.median(written[inside] * 1e3 / scanner["adc"][inside]) == pytest.approx(1.028, abs=0.004)
+
+
+def test_cli_adc_from_enhanced_dicom(tmp_path):
+    """Canon enhanced object (520 frames): the map, voxel by voxel, equals a numpy fit of the
+    frames placed by their own PlanePosition through the written map's geometry."""
+    sitk = sitk_module()
+    folder = series_folder("canon_galan_enhanced_dti")
+    out = tmp_path / "adc.nrrd"
+    done = run_cli("adc", "--dwi-dicom", folder, "--out", out)
+    assert done.returncode == 0, done.stderr
+    image = sitk.ReadImage(str(out))
+    written = sitk.GetArrayFromImage(image).astype(np.float64)
+    assert written.shape == (40, 80, 80)
+    ds = pydicom.dcmread(next((folder / "dicom").iterdir()))
+    frames = ds.pixel_array.astype(np.float64)  # RescaleSlope 1, intercept 0
+    b0, logs, counts = np.zeros(written.shape), np.zeros(written.shape), np.zeros(written.shape[0])
+    for index, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        i, j, k = image.TransformPhysicalPointToContinuousIndex(position)
+        assert abs(i) < 1e-3 and abs(j) < 1e-3 and abs(k - round(k)) < 1e-3
+        k = int(round(k))
+        if frame.MRDiffusionSequence[0].DiffusionBValue == 0:
+            b0[k] = frames[index]
+        else:
+            logs[k] += np.log(np.maximum(frames[index], 1.0))
+            counts[k] += 1
+    assert set(counts) == {12}
+    trace = np.exp(logs / 12)
+    mask = b0 > 0.25 * np.percentile(b0, 99)
+    expected = np.log(b0[mask] / trace[mask]) / 1500 * 1e3
+    np.testing.assert_allclose(written[mask], expected, rtol=1e-4, atol=1e-6)
+    assert np.median(written[mask]) == pytest.approx(MEDIAN_ADC["canon_galan_enhanced_dti"], rel=0.05)
+
+
+def test_cli_analyze_with_dicom_dwi(xa30_cli_map, tmp_path):
+    """ROIs drawn on the fitted map's grid: one in the brain, one in the air above it. Each
+    ROI's ADC statistics are numpy's over the written map; the overlay sits on that grid."""
+    sitk = sitk_module()
+    reference = sitk.ReadImage(str(xa30_cli_map))
+    adc = sitk.GetArrayFromImage(reference).astype(np.float64)
+    scanner = xa30_scanner()
+    labels = np.zeros(adc.shape, np.uint8)
+    labels[0, 40:50, 25:35] = 1
+    labels[0, 0:6, 20:50] = 2
+    assert scanner["mask"][labels[0] == 1].all() and not scanner["mask"][labels[0] == 2].any()
+    seg = sitk.GetImageFromArray(labels)
+    seg.CopyInformation(reference)
+    sitk.WriteImage(seg, str(tmp_path / "rois.nrrd"))
+    (tmp_path / "rois.ctbl").write_text("# value name r g b a\n1 brain_ROI 230 80 60 255\n2 air_ROI 60 80 230 255\n")
+    out = tmp_path / "out"
+    done = run_cli("analyze", "--seg", tmp_path / "rois.nrrd", "--label-names", tmp_path / "rois.ctbl",
+                   "--dwi-dicom", series_folder("siemens_xa30_classic_dwi"), "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    with (out / "results.csv").open(newline="") as handle:
+        rows = {row["segment"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"brain_ROI", "air_ROI"}
+    for value, name in ((1, "brain_ROI"), (2, "air_ROI")):
+        values = adc[labels == value]
+        values = values[np.isfinite(values)]
+        assert int(rows[name]["n_voxels_adc"]) == values.size
+        assert float(rows[name]["adc_mean"]) == pytest.approx(values.mean(), abs=1e-4)  # 4 decimals
+        assert float(rows[name]["adc_median"]) == pytest.approx(np.median(values), abs=1e-4)
+    assert float(rows["brain_ROI"]["adc_mean"]) == pytest.approx(
+        np.mean(scanner["adc"][labels[0] == 1]) * 1e-3, rel=0.01)  # and the scanner's map agrees
+    document = json.loads((out / "results.json").read_text())
+    assert "0, 2500" in json.dumps(document)
+    overlay = sitk.ReadImage(str(out / "overlay.nrrd"))
+    assert overlay.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(overlay.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(overlay.GetDirection(), reference.GetDirection(), atol=1e-6)
+
+
+@pytest.mark.parametrize("command", ["adc", "analyze"])
+def test_cli_dicom_folder_of_derived_maps_is_one_error_line(tmp_path, command):
+    source = series_folder("siemens_xa30_classic_dwi") / "dicom_derived"
+    folder = copy_files(source, tmp_path / "maps", [XA30_ADC_MAP])
+    never = tmp_path / "never"
+    if command == "adc":
+        args = ["adc", "--dwi-dicom", folder, "--out", never / "adc.nrrd"]
+    else:
+        seg = tmp_path / "seg.nrrd"
+        sitk = sitk_module()
+        sitk.WriteImage(sitk.Image(4, 4, 1, sitk.sitkUInt8) + 1, str(seg))
+        args = ["analyze", "--seg", seg, "--dwi-dicom", folder, "--out", never]
+    done = run_cli(*args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "all derived maps" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not never.exists()

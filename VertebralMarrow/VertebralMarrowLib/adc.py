@@ -160,16 +160,36 @@ def fit_adc_volume(
     return adc
 
 
-def trace_weighted(volumes_kji: Sequence[np.ndarray], bvalues_s_per_mm2: Sequence[float]) -> Tuple[List[np.ndarray], List[float]]:
+def trace_weighted(
+    volumes_kji: Sequence[np.ndarray],
+    bvalues_s_per_mm2: Sequence[float],
+    floors: Optional[Sequence[float]] = None,
+) -> Tuple[List[np.ndarray], List[float]]:
     """One image per distinct b-value: several images at one b-value (diffusion directions)
-    become their geometric mean, the trace-weighted image."""
+    become their geometric mean, the trace-weighted image.
+
+    `floors`, one per image (its signal step: one stored intensity unit after rescaling), says
+    how a direction whose stored signal is 0 is read when several are combined: as "below one
+    unit", raised to that unit, so the voxel keeps the information of the other directions
+    (at high b many directions store 0 where diffusion is fast). Without floors such a
+    direction makes the trace NaN there. NaN stays NaN either way, and an image alone at its
+    b-value is passed through unchanged: the fit treats its zero samples as unusable.
+    """
     b = np.asarray(bvalues_s_per_mm2, float)
+    if len(volumes_kji) != b.size:
+        raise InputError(f"{len(volumes_kji)} DWI volumes but {b.size} b-values; give one b-value per volume")
+    if floors is not None and len(floors) != b.size:
+        raise InputError(f"{len(floors)} signal floors for {b.size} DWI volumes; give one per volume")
     combined, distinct = [], []
     for value in np.unique(b):
-        members = [np.asarray(volumes_kji[i], np.float64) for i in np.nonzero(b == value)[0]]
+        indices = np.nonzero(b == value)[0]
+        members = [np.asarray(volumes_kji[i], np.float64) for i in indices]
         if len(members) == 1:
             combined.append(members[0])
         else:
+            if floors is not None:
+                # np.maximum keeps NaN: a missing sample stays missing.
+                members = [np.maximum(member, float(floors[i])) for member, i in zip(members, indices)]
             # A zero or NaN direction makes the trace at this b-value unusable: NaN, which the
             # fit weights zero, as it does a zero or NaN sample of a single image.
             log_sum = np.zeros(members[0].shape)

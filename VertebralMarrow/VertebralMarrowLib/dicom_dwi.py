@@ -5,8 +5,15 @@ volume per distinct b-value (the geometric mean over diffusion directions), the 
 from the headers of any vendor, and the voxel-to-RAS matrix Slicer uses.
 
 Supported layouts: classic single-frame images, Siemens mosaics and enhanced multi-frame
-objects. The scanner's derived images (ADC, TRACEW, FA, ...) and isotropic images at a
-b-value that also has directional images are set aside and listed in `skipped`, never fitted.
+objects. The scanner's derived maps (ADC, FA, EXP, computed b-values, ...) are set aside and
+listed in `skipped`, never fitted, and so are isotropic images at a b-value that also has
+directional images.
+
+The scanner's own trace-weighted images (ImageType TRACEW, or DERIVED with TRACE/ISOTROPIC)
+are what many clinical exports hold instead of the directions. They are used as the
+per-b-value volumes only when the folder has no original diffusion-weighted image (b > 0) at
+all, never mixed with directional images; b=0 then comes from the trace series if it has
+one, else from the original b=0 images of the same acquisition.
 
 Runs in Slicer's Python 3.9 with numpy and pydicom only.
 """
@@ -23,12 +30,17 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from .adc import trace_weighted
 from .errors import InputError
 
-# ImageType / FrameType values that mark a map computed by the scanner, not a measured signal.
+# ImageType / FrameType values that mark an image computed by the scanner, not acquired.
 DERIVED_IMAGE_TYPES = {"ADC", "EADC", "TRACEW", "FA", "EXP"}
 # ... and values that do so when the image is also flagged DERIVED.
 DERIVED_DIFFUSION_TYPES = {"TRACE", "ISOTROPIC", "TENSOR", "COLFA", "CALC_BVALUE"}
+# Of those, the trace-weighted signal images: usable when the series has no directions. Any
+# other derived value (ADC, FA, a computed b-value, ...) makes the image a map, never fitted,
+# even when it also says TRACEW (Siemens computed b-values do).
+TRACE_TYPES = {"TRACEW", "TRACE", "ISOTROPIC"}
 # b-values below this are "b=0" (Philips stores b=0 volumes as 0.001, 0.002, ...).
 NEAR_ZERO_BVALUE = 1.0
 # Two images whose positions along the slice normal differ by less than this share a slice.
@@ -62,6 +74,13 @@ class _SeriesInfo:
     vendor: str
     model: str
     software: str
+    # What the same acquisition shares across its series (originals, trace, ADC): the study,
+    # the frame of reference, the protocol and timing; "" or None where the header has none.
+    study: str = ""
+    frame_of_reference: str = ""
+    protocol: str = ""
+    echo_time: float | None = None
+    repetition_time: float | None = None
 
 
 @dataclass
@@ -80,6 +99,7 @@ class _Image:
     series: _SeriesInfo
     source: str  # file (and frame), for messages
     stored_image: tuple  # (file, frame): the tiles of a mosaic share one
+    trace: str = ""  # derived type (e.g. "TRACEW") of a scanner trace image; "" for an original
 
 
 @dataclass
@@ -102,14 +122,18 @@ def read_dwi_dicom(folder) -> DwiSeries:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         _read_file(path, path.relative_to(folder).as_posix(), scan)
     _explain_if_nothing_usable(scan, folder)
-    images = _drop_isotropic_where_directional(scan.images, scan.skipped)
+    images = _choose_trace_or_originals(scan.images, scan.skipped)
+    images = _drop_isotropic_where_directional(images, scan.skipped)
     _require_one_series(images, folder)
     _require_same_grid(images, folder)
     bvalues = sorted({image.bvalue for image in images})
     if len(bvalues) < 2:
+        trace = _trace_label(images)
+        what = f", in the scanner's trace images ({trace}) and no b=0 image" if trace else ""
+        hint = "; add the series' b=0 images or point to the original diffusion-weighted series" if trace else ""
         raise InputError(
-            f"DICOM series in {folder} has only one b-value ({bvalues[0]:g}); "
-            "an ADC fit needs at least two"
+            f"DICOM series in {folder} has only one b-value ({bvalues[0]:g}){what}; "
+            f"an ADC fit needs at least two{hint}"
         )
     slice_of, slice_positions = _slice_layout(images, folder)
     volumes, counts = [], []
@@ -149,41 +173,49 @@ def _read_file(path: Path, name: str, scan: _Scan) -> None:
         return
     scan.dicom_images += 1
     derived = _derived_types(ds.get("ImageType"))
-    if derived:
+    if _is_map(derived):
         scan.derived += 1
         scan.skipped.append(f"{name}: derived {'/'.join(derived)} image (ImageType {_joined(ds.ImageType)})")
         return
+    trace = "/".join(derived)  # what is left of a derived image is a trace-weighted signal
     info = _series_info(ds)
     if "PerFrameFunctionalGroupsSequence" in ds:
         _read_enhanced(ds, name, info, scan)
     elif "MOSAIC" in _upper_values(ds.get("ImageType")):
-        _read_mosaic(ds, name, info, scan)
+        _read_mosaic(ds, name, info, scan, trace)
     else:
-        _read_classic(ds, name, info, scan)
+        _read_classic(ds, name, info, scan, trace)
 
 
-def _read_classic(ds, name: str, info: _SeriesInfo, scan: _Scan) -> None:
+def _no_bvalue(scan: _Scan, source: str, trace: str) -> None:
+    if trace:  # a trace image without a b-value is of no use, like the maps beside it
+        scan.derived += 1
+        scan.skipped.append(f"{source}: derived {trace} image with no b-value in any known tag")
+    else:
+        scan.without_bvalue += 1
+        scan.skipped.append(f"{source}: no b-value in any known tag ({BVALUE_TAGS})")
+
+
+def _read_classic(ds, name: str, info: _SeriesInfo, scan: _Scan, trace: str) -> None:
     diffusion = _first_item(ds.get("MRDiffusionSequence"))  # rare in classic images, but standard
     bvalue = _bvalue(ds, diffusion)
     if bvalue is None:
-        scan.without_bvalue += 1
-        scan.skipped.append(f"{name}: no b-value in any known tag ({BVALUE_TAGS})")
+        _no_bvalue(scan, name, trace)
         return
     geometry = _classic_geometry(ds, name)
     slope, intercept = _rescale(ds)
     scan.images.append(_Image(
         pixels=_rescaled(_decoded(ds, name), slope, intercept), signal_step=abs(slope),
         bvalue=bvalue, isotropic=_file_isotropic(ds) or _directionality_isotropic(diffusion),
-        layout="classic", series=info, source=name, stored_image=(name, 0), **geometry,
+        layout="classic", series=info, source=name, stored_image=(name, 0), trace=trace, **geometry,
     ))
 
 
-def _read_mosaic(ds, name: str, info: _SeriesInfo, scan: _Scan) -> None:
+def _read_mosaic(ds, name: str, info: _SeriesInfo, scan: _Scan, trace: str) -> None:
     """Split a Siemens mosaic into its slices, each with its own position."""
     bvalue = _bvalue(ds, None)
     if bvalue is None:
-        scan.without_bvalue += 1
-        scan.skipped.append(f"{name}: no b-value in any known tag ({BVALUE_TAGS})")
+        _no_bvalue(scan, name, trace)
         return
     tile_count = _number(_private_value(ds, 0x0019, 0x100A, "SIEMENS MR HEADER"))
     if tile_count is None:
@@ -200,7 +232,7 @@ def _read_mosaic(ds, name: str, info: _SeriesInfo, scan: _Scan) -> None:
     for index, (tile, position) in enumerate(_mosaic_tiles(ds, mosaic, int(tile_count), geometry)):
         scan.images.append(_Image(
             pixels=tile, signal_step=abs(slope), bvalue=bvalue, isotropic=isotropic, layout="mosaic",
-            series=info, source=f"{name} tile {index + 1}", stored_image=(name, 0),
+            series=info, source=f"{name} tile {index + 1}", stored_image=(name, 0), trace=trace,
             **dict(geometry, position=position),
         ))
 
@@ -233,31 +265,33 @@ def _read_enhanced(ds, name: str, info: _SeriesInfo, scan: _Scan) -> None:
     for index, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
         source = f"{name} frame {index + 1}"
         frame_type = _group_item(frame, shared, "MRImageFrameTypeSequence")
-        derived = _derived_types(frame_type.get("FrameType") if frame_type else None)
-        if derived:
+        # The frame's own type; without a frame type the object's ImageType speaks for it.
+        frame_values = frame_type.get("FrameType") if frame_type else ds.get("ImageType")
+        derived = _derived_types(frame_values)
+        if _is_map(derived):
             scan.derived += 1
             scan.skipped.append(f"{source}: derived {'/'.join(derived)} frame")
             continue
+        trace = "/".join(derived)
         diffusion = _group_item(frame, shared, "MRDiffusionSequence")
         bvalue = _bvalue(ds, diffusion)
         if bvalue is None:
-            scan.without_bvalue += 1
-            scan.skipped.append(f"{source}: no b-value in any known tag ({BVALUE_TAGS})")
+            _no_bvalue(scan, source, trace)
             continue
         # Only the frame's own directionality: top-level private tags describe one frame at best.
-        kept_frames.append((index, frame, bvalue, _directionality_isotropic(diffusion)))
+        kept_frames.append((index, frame, bvalue, _directionality_isotropic(diffusion), trace))
     if not kept_frames:
         return
     pixels = _decoded(ds, name)
     if pixels.ndim == 2:  # pydicom drops the frame axis of a single frame
         pixels = pixels[np.newaxis]
-    for index, frame, bvalue, isotropic in kept_frames:
+    for index, frame, bvalue, isotropic, trace in kept_frames:
         source = f"{name} frame {index + 1}"
         slope, intercept = _rescale(_group_item(frame, shared, "PixelValueTransformationSequence") or ds)
         scan.images.append(_Image(
             pixels=_rescaled(pixels[index], slope, intercept), signal_step=abs(slope),
             bvalue=bvalue, isotropic=isotropic, layout="enhanced", series=info, source=source,
-            stored_image=(name, index), **_frame_geometry(ds, frame, shared, source),
+            stored_image=(name, index), trace=trace, **_frame_geometry(ds, frame, shared, source),
         ))
 
 
@@ -384,10 +418,51 @@ def _explain_if_nothing_usable(scan: _Scan, folder: Path) -> None:
         raise InputError(f"no DICOM images in {folder}{others}")
     if scan.without_bvalue == 0 and scan.derived:
         raise InputError(
-            f"DICOM images in {folder} are all derived maps (ADC, TRACEW, ...); "
-            "point to the folder of the original diffusion-weighted series"
+            f"DICOM images in {folder} are all derived maps (ADC, FA, ...); "
+            "point to the folder of the original diffusion-weighted series or its trace images"
         )
     raise InputError(f"images in {folder} have no b-value in any known tag ({BVALUE_TAGS})")
+
+
+def _choose_trace_or_originals(images: list, skipped: list) -> list:
+    """The scanner's trace images, or the originals: never a mix at b > 0.
+
+    Trace images are used only when no original image has b > 0 (a trace-only export); then
+    original b=0 images fill in b=0 if the trace series has none. Otherwise every trace image
+    is set aside and the originals are fitted.
+    """
+    traces = [image for image in images if image.trace]
+    if not traces:
+        return images
+    weighted = [image for image in images if not image.trace and image.bvalue > 0]
+    if weighted:
+        for image in traces:
+            skipped.append(
+                f"{image.source}: derived {image.trace} image at b={image.bvalue:g}, set aside: "
+                "the folder has the original diffusion-weighted images"
+            )
+        return [image for image in images if not image.trace]
+    trace_bvalues = {image.bvalue for image in traces}
+    kept = []
+    for image in images:
+        if not image.trace and image.bvalue in trace_bvalues:
+            skipped.append(
+                f"{image.source}: original image at b={image.bvalue:g} set aside: "
+                "the scanner's trace images at that b-value are used"
+            )
+        else:
+            kept.append(image)
+    return kept
+
+
+def _trace_label(images: list) -> str:
+    """'TRACEW at b=2500' for the trace images among `images`; '' when there are none."""
+    traces = [image for image in images if image.trace]
+    if not traces:
+        return ""
+    kinds = "/".join(sorted({image.trace for image in traces}))
+    bvalues = ", ".join(f"{b:g}" for b in sorted({image.bvalue for image in traces}))
+    return f"{kinds} at b={bvalues}"
 
 
 def _drop_isotropic_where_directional(images: list, skipped: list) -> list:
@@ -407,11 +482,38 @@ def _drop_isotropic_where_directional(images: list, skipped: list) -> list:
 
 def _require_one_series(images: list, folder: Path) -> None:
     labels = {image.series.uid: image.series.label for image in images}
-    if len(labels) > 1:
+    if len(labels) > 1 and not _trace_with_b0_of_its_acquisition(images):
         raise InputError(
             f"{folder} holds diffusion images of {len(labels)} series "
             f"({'; '.join(sorted(labels.values()))}); point to the folder of one series"
         )
+
+
+def _trace_with_b0_of_its_acquisition(images: list) -> bool:
+    """True for the one allowed pair of series: the scanner's trace series and the b=0 images
+    of the original series it was computed from (scanners that put b=0 in the original series
+    only, as Siemens XA does). Same acquisition means same study, frame of reference, protocol,
+    echo and repetition time: a b=0 of another protocol or TE would give a wrong ADC."""
+    series = {}
+    for image in images:
+        series.setdefault(image.series.uid, []).append(image)
+    if len(series) != 2:
+        return False
+    trace_series = [members for members in series.values() if all(image.trace for image in members)]
+    b0_series = [members for members in series.values()
+                 if all(not image.trace and image.bvalue == 0 for image in members)]
+    if len(trace_series) != 1 or len(b0_series) != 1:
+        return False
+    first, second = trace_series[0][0].series, b0_series[0][0].series
+    if not first.study or first.study != second.study:
+        return False
+    if not first.frame_of_reference or first.frame_of_reference != second.frame_of_reference:
+        return False
+    for key in ("protocol", "echo_time", "repetition_time"):
+        mine, theirs = getattr(first, key), getattr(second, key)
+        if mine not in (None, "") and theirs not in (None, "") and mine != theirs:
+            return False
+    return True
 
 
 def _require_same_grid(images: list, folder: Path) -> None:
@@ -440,17 +542,15 @@ def _trace_volume(images: list, slice_of: dict, slice_count: int, folder: Path) 
             f"images at b={bvalue:g} in {folder} do not cover every slice position the same number "
             f"of times ({min(counts)} to {max(counts)} images per slice); a file may be missing"
         )
-    return np.stack([_geometric_mean(stack) for stack in by_slice]).astype(np.float32)
+    return np.stack([_combined(stack) for stack in by_slice]).astype(np.float32)
 
 
-def _geometric_mean(images: list) -> np.ndarray:
-    if len(images) == 1:
-        return images[0].pixels
-    # Stored signal 0 means "below one unit": floor it there rather than at a tiny number,
-    # whose huge negative log would swamp the other directions (voxels with fast diffusion).
-    floors = np.array([image.signal_step for image in images], dtype=np.float32)[:, None, None]
-    signals = np.maximum(np.stack([image.pixels for image in images]), floors)
-    return np.exp(np.log(signals, dtype=np.float64).mean(axis=0))
+def _combined(stack: list) -> np.ndarray:
+    """The images of one slice at one b-value as one: adc.trace_weighted's geometric mean, with
+    a stored 0 read as "below one stored unit" (floored there) rather than as missing."""
+    combined, _ = trace_weighted([image.pixels for image in stack], [image.bvalue for image in stack],
+                                 floors=[image.signal_step for image in stack])
+    return combined[0]
 
 
 # ------------------------------------------------------------------------------ b-values
@@ -559,6 +659,11 @@ def _series_info(ds) -> _SeriesInfo:
         vendor=_vendor(_text(ds.get("Manufacturer"))),
         model=_text(ds.get("ManufacturerModelName")),
         software=_joined(ds.get("SoftwareVersions")),
+        study=_text(ds.get("StudyInstanceUID")),
+        frame_of_reference=_text(ds.get("FrameOfReferenceUID")),
+        protocol=_text(ds.get("ProtocolName")),
+        echo_time=_number(ds.get("EchoTime")),
+        repetition_time=_number(ds.get("RepetitionTime")),
     )
 
 
@@ -574,12 +679,22 @@ def _describe(images: list) -> str:
         layout = f"mosaic, {stored} images of {len(images) // stored} slices"
     else:
         layout = f"classic, {stored} images"
-    return ", ".join(part for part in (scanner, info.software, layout) if part)
+    described = ", ".join(part for part in (scanner, info.software, layout) if part)
+    trace = _trace_label(images)
+    if trace:
+        b0 = " and original b=0 images" if any(not image.trace for image in images) else ""
+        described += f"; scanner trace images used ({trace}{b0}): the folder has no directional images"
+    return described
 
 
 def _vendor(manufacturer: str) -> str:
     key = manufacturer.lower().replace("_", " ").split(" ")[0] if manufacturer else ""
     return VENDOR_NAMES.get(key, manufacturer)
+
+
+def _is_map(derived: list) -> bool:
+    """A derived image that is a computed map (ADC, FA, a computed b-value, ...), not a trace."""
+    return any(value not in TRACE_TYPES for value in derived)
 
 
 def _derived_types(image_type) -> list:
