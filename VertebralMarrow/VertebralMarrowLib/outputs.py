@@ -181,17 +181,24 @@ def class_color_node(scene, node=None):
     return color
 
 
-def overlay_node(scene, result: AnalysisResult, color_node, node=None):
-    """The overlay labelmap on the ADC grid, bound to the class colors. A reused node takes
-    this run's grid and parent transform, which need not be the last run's."""
+def _on_adc_grid(scene, result: AnalysisResult, array: np.ndarray, name: str, node=None, labelmap: bool = False):
+    """A volume node holding `array` on the ADC map's grid and under its parent transform: a
+    new one, or `node` of an earlier run moved onto this run's grid."""
     if node is None:
-        node = volume_from_array(scene, result.overlay, ijk_to_ras_of(result.adc_node), "VertebralMarrow overlay", labelmap=True)
+        node = volume_from_array(scene, array, ijk_to_ras_of(result.adc_node), name, labelmap=labelmap)
     else:
         set_ijk_to_ras(node, ijk_to_ras_of(result.adc_node))
-        slicer.util.updateVolumeFromArray(node, result.overlay)
+        slicer.util.updateVolumeFromArray(node, array)
         if node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
     node.SetAndObserveTransformNodeID(result.adc_node.GetTransformNodeID())
+    return node
+
+
+def overlay_node(scene, result: AnalysisResult, color_node, node=None):
+    """The overlay labelmap on the ADC grid, bound to the class colors. A reused node takes
+    this run's grid and parent transform, which need not be the last run's."""
+    node = _on_adc_grid(scene, result, result.overlay, "VertebralMarrow overlay", node, labelmap=True)
     node.GetDisplayNode().SetAndObserveColorNodeID(color_node.GetID())
     node.SetAttribute(OVERLAY_ATTRIBUTE, json.dumps({str(value): name for value, name in OVERLAY_CLASSES.items()}))
     return node
@@ -220,14 +227,7 @@ def adc_color_node(scene, node=None, steps: int = 256):
 def adc_map_node(scene, result: AnalysisResult, color_node, node=None):
     """The ADC map in 10^-3 mm^2/s (voxels without a value are NaN) shown through the
     continuous colour map, window 0 to twice the cut-off so its centre is the cut-off."""
-    if node is None:
-        node = volume_from_array(scene, result.adc_map, ijk_to_ras_of(result.adc_node), ADC_MAP_NAME)
-    else:
-        set_ijk_to_ras(node, ijk_to_ras_of(result.adc_node))
-        slicer.util.updateVolumeFromArray(node, result.adc_map)
-        if node.GetDisplayNode() is None:
-            node.CreateDefaultDisplayNodes()
-    node.SetAndObserveTransformNodeID(result.adc_node.GetTransformNodeID())
+    node = _on_adc_grid(scene, result, result.adc_map, ADC_MAP_NAME, node)
     node.SetAttribute("VertebralMarrow.Units", "1e-3 mm2/s")
     node.SetAttribute(ADC_MAP_ATTRIBUTE, "1")
     display = node.GetDisplayNode()
