@@ -380,3 +380,16 @@ def test_summary_never_claims_certainty(criteria):
     assert ranked[0].entity == "metastasis_blastic"
     assert "100 %" not in line and " 0 %" not in line
     assert ">99 %" in line and "<1 %" in line
+
+
+def test_t1_against_disc_and_muscle_counts_once(criteria):
+    """The same T1 sign read against two internal standards is one piece of evidence: with a
+    disc ROI the muscle reading adds nothing; alone, the muscle reading still counts."""
+    base = dict(adc=0.55, t1="low", t2="low", fs="low", ct_mean_hu=120.0)
+    disc_only = dd.rank_differential(F(**base, t1_vs_disc="high"), criteria)
+    both = dd.rank_differential(F(**base, t1_vs_disc="high", t1_vs_muscle="high"), criteria)
+    assert [(c.entity, round(c.score, 12)) for c in both] == [(c.entity, round(c.score, 12)) for c in disc_only]
+    assert not any("vs muscle" in reason for c in both for reason in c.fits + c.contradicts)
+    plain = dd.rank_differential(F(**base), criteria)
+    muscle_only = dd.rank_differential(F(**base, t1_vs_muscle="high"), criteria)
+    assert score(muscle_only, "red_marrow_reconversion") > score(plain, "red_marrow_reconversion")

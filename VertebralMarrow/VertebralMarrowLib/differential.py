@@ -404,6 +404,11 @@ def _extras(findings, tallies, params, criteria) -> None:
         raw = getattr(findings, attribute, None)
         if raw is None:
             continue
+        # Two readings of one sign (T1 against disc and against muscle) are not independent
+        # evidence: the preferred one stands alone when both are measured.
+        preferred = spec.get("superseded_by")
+        if preferred and preferred not in params.disable and getattr(findings, extras[preferred].get("input", preferred), None) is not None:
+            continue
         cite = _cite(spec.get("source"))
         if not spec.get("verified", False):
             cite = f"{cite}, unverified" if cite else "unverified"
