@@ -292,3 +292,32 @@ def test_bvalue_errors_print_plain_numbers(bad_runs):
 def test_bad_runs_leave_inputs_unchanged(bad_runs):
     _, _, folder, hashes = bad_runs
     assert sha256_tree(folder) == hashes
+
+
+@pytest.mark.parametrize("command", ["analyze", "adc", "phantom", "demo", "cohort"])
+def test_every_command_prints_its_help(command, capsys):
+    from VertebralMarrowLib.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out
+
+
+def test_a_criteria_file_of_ones_own_sets_the_cutoff_and_is_recorded(phantom, tmp_path):
+    from VertebralMarrowLib.cli import main
+    from VertebralMarrowLib.criteria import CRITERIA_PATH
+
+    folder, truth, _ = phantom
+    own = json.loads(CRITERIA_PATH.read_text())
+    own["adc_cutoff"]["value"] = 0.5
+    criteria = tmp_path / "my-criteria.json"
+    criteria.write_text(json.dumps(own))
+    out = tmp_path / "out"
+    assert main(["-q", "analyze", "--seg", str(folder / truth["files"]["seg"]), "--adc", str(folder / truth["files"]["adc"]),
+                 "--criteria", str(criteria), "--out", str(out)]) == 0
+    document = json.loads((out / "results.json").read_text())
+    assert document["criteria"]["adc_cutoff"]["value"] == 0.5
+    for row in document["rows"]:
+        if row["role"] == "lesion":
+            assert row["adc_class"] == ("malignant" if row["adc_mean"] <= 0.5 else "benign"), row["segment"]

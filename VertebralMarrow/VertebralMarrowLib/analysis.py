@@ -322,7 +322,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
             levels_involved=spread[0],
             disc_involved=spread[1],
         )
-        candidates = rank_differential(findings, options.criteria)
+        candidates = rank_differential(findings, options.criteria, {"ct_sclerotic_min_hu": options.ct_sclerotic_min_hu})
         differential = ";".join(candidate.entity for candidate in candidates)
         detail["differential"] = [
             {"entity": c.entity, "label": c.label, "score": round(c.score, 4), "fits": c.fits, "contradicts": c.contradicts}

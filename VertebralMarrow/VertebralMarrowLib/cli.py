@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dwi_arguments(analyze, with_adc=True)
     for name, what in (("t1", "T1-weighted"), ("t2", "T2-weighted"), ("fs", "fat-suppressed T2 or STIR"), ("ct", "CT (HU)"),
                        ("in-phase", "in-phase (chemical shift)"), ("opposed-phase", "opposed-phase (chemical shift)"),
-                       ("fat-fraction", "Dixon fat-fraction map (0-1 or %)")):
+                       ("fat-fraction", "Dixon fat-fraction map (0-1 or %%)")):
         analyze.add_argument(f"--{name}", type=Path, help=f"{what} volume")
     analyze.add_argument("--reference", nargs="+", default=(), metavar="NAME", help="segment(s) of normal marrow")
     analyze.add_argument("--levels", action="append", default=[], metavar="SEGMENT=N",
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--low-below", type=float, help="signal ratio below which a ROI is 'low' (default 0.8)")
     analyze.add_argument("--high-above", type=float, help="signal ratio above which a ROI is 'high' (default 1.2)")
     analyze.add_argument("--min-voxels", type=int, help="warn when a ROI covers fewer voxels (default 10)")
+    analyze.add_argument("--ct-sclerotic-hu", type=float,
+                         help="mean CT attenuation from which a lesion is sclerotic, HU (default 302, Ulano 2016)")
+    analyze.add_argument("--criteria", type=Path,
+                         help="a criteria file of your own (a copy of VertebralMarrowLib/criteria.json with your numbers)")
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
 
     adc = commands.add_parser("adc", help="fit the ADC map alone (float32, 10^-3 mm^2/s, on the DWI grid)")
@@ -161,7 +165,8 @@ def _analyze(args, progress):
 
     options = Options(
         adc_cutoff=args.cutoff, indeterminate_band=args.band, signal_low_below=args.low_below,
-        signal_high_above=args.high_above, min_voxels=args.min_voxels, adc_units=args.adc_units,
+        signal_high_above=args.high_above, min_voxels=args.min_voxels, ct_sclerotic_min_hu=args.ct_sclerotic_hu,
+        criteria_path=args.criteria, adc_units=args.adc_units,
         fit_method=args.method, bmin=args.bmin, bmax=args.bmax, reference_segments=tuple(args.reference),
     )
     return run_analysis(_study_files(args), options, args.out, progress)
