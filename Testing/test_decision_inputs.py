@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from VertebralMarrowLib.analysis import StudyNodes, analyze
+from VertebralMarrowLib.analysis import analyze
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.mrml import (
     array_of, get_segment_spread, ijk_to_ras_of, new_scene, segment_ids, segment_name, set_segment_spread,
