@@ -24,6 +24,7 @@ import ast
 import dataclasses
 import glob
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -46,7 +47,7 @@ import vtk
 
 from VertebralMarrowLib import DISCLAIMER, outputs, panel
 from VertebralMarrowLib.analysis import analyze
-from VertebralMarrowLib.criteria import Options
+from VertebralMarrowLib.criteria import Options, load_criteria
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.mrml import (
     array_of,
@@ -317,6 +318,36 @@ def test_ui_cutoff_tooltip_and_disclaimer():
     by_name = {name: element for _, name, element in ui_widgets()}
     assert property_value(by_name["cutoffSliderWidget"], "toolTip") == CUTOFF_TOOLTIP
     assert property_value(by_name["disclaimerLabel"], "text") == DISCLAIMER
+
+
+def test_ui_min_voxels_ct_threshold_and_criteria_file_in_parameters():
+    fields = parameter_fields()
+    bound = bound_widgets()
+    expected = {
+        "minVoxels": ("int", 10, (1, 10000), "QSpinBox", "minVoxelsSpinBox"),
+        "ctScleroticHu": ("float", 302.0, (0.0, 3000.0), "QDoubleSpinBox", "ctScleroticHuSpinBox"),
+        "criteriaFile": ("str", "", None, "QLineEdit", "criteriaFileLineEdit"),
+    }
+    for parameter, (base, default, within, cls, name) in expected.items():
+        field = fields[parameter]
+        assert (field.base, field.default, field.within) == (base, default, within), parameter
+        assert bound[parameter][:2] == (cls, name), parameter
+    by_name = {name: element for _, name, element in ui_widgets()}
+    ct_tooltip = property_value(by_name["ctScleroticHuSpinBox"], "toolTip")
+    assert "Ulano A et al. AJR 2016; 207: 362-368" in ct_tooltip and "654 ± 176 HU" in ct_tooltip
+    assert "mean − 2 SD" in ct_tooltip and property_value(by_name["ctScleroticHuLabel"], "toolTip") == ct_tooltip
+    assert "project default" in property_value(by_name["minVoxelsSpinBox"], "toolTip")
+    file_tooltip = property_value(by_name["criteriaFileLineEdit"], "toolTip")
+    assert "override the file's" in file_tooltip and "built-in criteria.json" in file_tooltip
+    # In the Parameters form, after the b-value limits, one label and one field a row.
+    layout = by_name["parametersCollapsibleButton"].find("layout")
+    rows = {}
+    for item in layout.findall("item"):
+        rows.setdefault(int(item.get("row")), []).append(item.find("widget").get("name"))
+    assert sorted(rows) == list(range(len(rows))) and all(len(widgets) == 2 for widgets in rows.values())
+    order = [name for row in sorted(rows) for name in rows[row]]
+    assert order[order.index("bmaxSpinBox") + 1:] == ["minVoxelsLabel", "minVoxelsSpinBox", "ctScleroticHuLabel",
+                                                      "ctScleroticHuSpinBox", "criteriaFileLabel", "criteriaFileLineEdit"]
 
 
 def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):
@@ -853,6 +884,68 @@ def test_options_from_parameters_maps_every_numeric_field():
     assert (options.adc_units, options.fit_method, options.bmin, options.bmax) == ("1e-6", "ols", 50.0, None)
     resolved = panel.options_from_parameters(parameters()).resolved()
     assert resolved.adc_cutoff == 1.21 and resolved.bmin is None and resolved.bmax is None
+    assert (resolved.min_voxels, resolved.ct_sclerotic_min_hu) == (10, 302.0)
+
+
+def test_options_from_parameters_passes_min_voxels_ct_threshold_and_criteria_file(tmp_path):
+    options = panel.options_from_parameters(parameters(minVoxels=25, ctScleroticHu=400.0))
+    assert (options.min_voxels, options.ct_sclerotic_min_hu, options.criteria_path) == (25, 400.0, None)
+    assert type(options.min_voxels) is int and type(options.ct_sclerotic_min_hu) is float
+    assert panel.options_from_parameters(parameters(criteriaFile="   ")).criteria_path is None
+    resolved = options.resolved()
+    assert (resolved.min_voxels, resolved.ct_sclerotic_min_hu) == (25, 400.0)
+
+    # A criteria file of the user's own: its tables are used, the panel's numbers override its own.
+    criteria = load_criteria()
+    criteria["references"]["kaur2020"] = "My own reference for the cut-off."
+    criteria["entities"]["hemangioma"]["adc"]["mean"] = 1.5
+    criteria["adc_cutoff"]["value"], criteria["min_voxels"]["value"], criteria["ct"]["sclerotic_min_hu"] = 1.0, 3, 250
+    own = tmp_path / "my criteria.json"
+    own.write_text(json.dumps(criteria), encoding="utf-8")
+    options = panel.options_from_parameters(parameters(criteriaFile=f" {own} ", minVoxels=12))
+    assert options.criteria_path == own
+    resolved = options.resolved()
+    assert resolved.criteria["entities"]["hemangioma"]["adc"]["mean"] == 1.5
+    assert resolved.criteria["references"]["kaur2020"] == "My own reference for the cut-off."
+    assert (resolved.adc_cutoff, resolved.min_voxels, resolved.ct_sclerotic_min_hu) == (1.21, 12, 302.0)
+
+
+def test_a_missing_criteria_file_is_an_input_error(tmp_path):
+    missing = tmp_path / "nowhere" / "criteria.json"
+    with pytest.raises(InputError, match=r"criteria file '.*nowhere.criteria\.json' does not exist") as error:
+        panel.options_from_parameters(parameters(criteriaFile=str(missing)))
+    assert "clear the Criteria file field to use the built-in one" in str(error.value)
+    with pytest.raises(InputError, match="is not a file"):
+        panel.options_from_parameters(parameters(criteriaFile=str(tmp_path)))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ not json", encoding="utf-8")
+    with pytest.raises(InputError, match="cannot read criteria file"):
+        panel.options_from_parameters(parameters(criteriaFile=str(broken))).resolved()
+
+
+def test_clinical_defaults_equal_the_criteria_file():
+    """The panel's defaults are the built-in criteria.json's values (literals in the parameter
+    node and the .ui, kept equal here so that they cannot drift apart)."""
+    criteria = load_criteria()
+    fields = parameter_fields()
+    expected = {
+        "cutoff": criteria["adc_cutoff"]["value"],
+        "indeterminateBand": criteria["indeterminate_band"]["value"],
+        "signalLowBelow": criteria["signal_ratio"]["low_below"],
+        "signalHighAbove": criteria["signal_ratio"]["high_above"],
+        "minVoxels": criteria["min_voxels"]["value"],
+        "ctScleroticHu": criteria["ct"]["sclerotic_min_hu"],
+    }
+    bound = bound_widgets()
+    for parameter, value in expected.items():
+        assert fields[parameter].default == value, f"{parameter}: {fields[parameter].default} != criteria.json {value}"
+        assert property_value(bound[parameter][2], "value") == value, parameter
+    assert fields["criteriaFile"].default == ""
+    resolved = Options().resolved()
+    options = panel.options_from_parameters(parameters())
+    for name in ("adc_cutoff", "indeterminate_band", "signal_low_below", "signal_high_above", "min_voxels",
+                 "ct_sclerotic_min_hu"):
+        assert getattr(options, name) == getattr(resolved, name), name
 
 
 def test_study_from_parameters_and_apply_blocker(app):
@@ -1319,6 +1412,7 @@ def test_parameter_node_defaults(module):
     assert (params.signalLowBelow, params.signalHighAbove, params.bmin, params.bmax) == (0.8, 1.2, 0.0, 0.0)
     assert (params.showOverlay, params.overlayOpacity, params.bvalues, params.dwiVolumes) == (True, 0.5, "", [])
     assert (params.showAdcColorMap, params.adcColorMapOpacity, params.colorSegmentsByClass) == (False, 0.5, False)
+    assert (params.minVoxels, params.ctScleroticHu, params.criteriaFile) == (10, 302.0, "")
     assert params.segmentation is None and params.resultsTable is None and params.overlayVolume is None
     assert params.adcMapVolume is None
     with pytest.raises(AssertionError):
@@ -1327,6 +1421,10 @@ def test_parameter_node_defaults(module):
         params.cutoff = 9.0
     with pytest.raises(AssertionError):
         params.adcUnits = "mm2"
+    with pytest.raises(AssertionError):
+        params.minVoxels = 0
+    with pytest.raises(AssertionError):
+        params.ctScleroticHu = 5000.0
     assert set(module.VertebralMarrowParameterNode.allParameters) == set(parameter_fields())
 
 
@@ -1439,6 +1537,20 @@ def test_results_table_cells_hold_the_rows(module, app):
     for column in ("role", "adc_class", "t1_signal", "differential"):
         assert [table.GetCellText(r, table.GetColumnIndex(column)) for r in range(3)] == [row[column] for row in result.rows]
     assert slicer.util.arrayFromTableColumn(table, "adc_mean") == pytest.approx([0.8, 1.8, 0.4])
+
+
+def test_logic_uses_min_voxels_ct_threshold_and_refuses_a_missing_criteria_file(module, app, tmp_path):
+    _, _, logic, params = run_logic(module, app, minVoxels=10000)
+    result = logic.process(params)
+    assert result.options.min_voxels == 10000
+    assert any("fewer than 10000" in warning for warning in result.warnings)
+    params.minVoxels, params.ctScleroticHu = 10, 500.0
+    assert logic.process(params).options.ct_sclerotic_min_hu == 500.0
+    nodes = app.scene.GetNumberOfNodes()
+    params.criteriaFile = str(tmp_path / "mine.json")
+    with pytest.raises(InputError, match="criteria file .* does not exist"):
+        logic.process(params)
+    assert app.scene.GetNumberOfNodes() == nodes
 
 
 def test_apply_again_adds_no_node(module, app):

@@ -95,6 +95,12 @@ class VertebralMarrowParameterNode:
     indeterminateBand - means within cut-off +/- band are indeterminate (0: no band).
     signalLowBelow, signalHighAbove - lesion/reference signal ratios called low / high.
     fitMethod, bmin, bmax - the DWI fit; b-value limits of 0 mean no limit.
+    minVoxels - a ROI covering fewer voxels of a volume is reported with a warning (project default).
+    ctScleroticHu - lesion mean CT attenuation (HU) at or above it is sclerotic (Ulano 2016: mean - 2 SD).
+    criteriaFile - the user's own criteria file (criteria.json layout); empty: the built-in one. It
+        supplies the entity tables, the differential's factors and the references; the numbers
+        above come from the panel and override the file's.
+    The clinical defaults equal the built-in criteria.json (a static test keeps them so).
     showOverlay, overlayOpacity - the overlay in the slice views (label layer).
     showAdcColorMap, adcColorMapOpacity - the continuous ADC map in the slice views (foreground layer).
     colorSegmentsByClass - lesion segments take their class colour; their own colours are kept
@@ -120,6 +126,9 @@ class VertebralMarrowParameterNode:
     fitMethod: Annotated[str, Choice(["iwls", "ols"])] = "iwls"
     bmin: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
     bmax: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    minVoxels: Annotated[int, WithinRange(1, 10000)] = 10
+    ctScleroticHu: Annotated[float, WithinRange(0.0, 3000.0)] = 302.0
+    criteriaFile: str = ""
     showOverlay: bool = True
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showAdcColorMap: bool = False

@@ -29,6 +29,7 @@ import dataclasses
 import html
 import json
 import re
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -91,17 +92,39 @@ _BVALUE_INDEX_UNITS = ("s/mm2", "s/mm^2", "s/mm²", "s mm-2")
 
 def options_from_parameters(params) -> Options:
     """The analysis options from the panel's values. b-value limits of 0 mean 'no limit'
-    (the spin boxes show 'none' there)."""
+    (the spin boxes show 'all' there).
+
+    A criteria file of the user's own (criteriaFile; empty: the built-in criteria.json)
+    supplies the entity tables, the differential's factors and the references; the numbers
+    the panel sets (cut-off, band, signal thresholds, minimum voxels, CT sclerotic threshold)
+    always come from the panel, overriding the file's."""
     return Options(
         adc_cutoff=float(params.cutoff),
         indeterminate_band=float(params.indeterminateBand),
         signal_low_below=float(params.signalLowBelow),
         signal_high_above=float(params.signalHighAbove),
+        min_voxels=int(params.minVoxels),
+        ct_sclerotic_min_hu=float(params.ctScleroticHu),
         adc_units=str(params.adcUnits),
         fit_method=str(params.fitMethod),
         bmin=_limit(params.bmin),
         bmax=_limit(params.bmax),
+        criteria_path=criteria_file(params.criteriaFile),
     )
+
+
+def criteria_file(text) -> Optional[Path]:
+    """The criteria file the panel's field names, or None (the built-in one) when it is empty."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"criteria file '{text}' does not exist or is not a file; give the full path of a JSON file in the "
+            "layout of the built-in criteria.json, or clear the Criteria file field to use the built-in one"
+        )
+    return path
 
 
 def _limit(value) -> Optional[float]:
