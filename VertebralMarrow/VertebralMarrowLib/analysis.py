@@ -19,6 +19,7 @@ from .criteria import Options, ResolvedOptions
 from .differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
 from .mrml import (
+    SegmentsOnGrid,
     array_of,
     get_segment_role,
     get_segment_spread,
@@ -78,6 +79,7 @@ class AnalysisResult:
     warnings: List[str]
     options: ResolvedOptions
     inputs: Dict[str, str]
+    rois_on_adc: SegmentsOnGrid      # the measured segments on the ADC grid, for pictures
     disclaimer: str = DISCLAIMER
     version: str = __version__
 
@@ -177,7 +179,7 @@ def analyze(
     return AnalysisResult(
         rows=rows, segments=details, adc_node=adc_node, adc_map=adc_map, overlay=overlay,
         adc_source=adc_source, adc_units=adc_units, bvalues_used=bvalues_used,
-        warnings=warnings, options=resolved, inputs=inputs,
+        warnings=warnings, options=resolved, inputs=inputs, rois_on_adc=on_adc,
     )
 
 

@@ -61,7 +61,7 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
     adc_colors = adc_color_node(scene)
     adc_map = adc_map_node(scene, result, adc_colors)
     color_segments_by_class(study.segmentation, result)  # the scene's copy; the input file is untouched
-    charts = plot_nodes(scene, result, study.segmentation)
+    charts = plot_nodes(scene, result)
     chart_tables = [chart.GetNthPlotSeriesNode(i).GetTableNode()
                     for chart in charts for i in range(chart.GetNumberOfPlotSeriesNodes())]
     written.append(save_scene(scene, study, result, out, table, overlay, colors, adc_map, adc_colors, *chart_tables))

@@ -22,7 +22,6 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .errors import InputError
 from .mrml import array_of, ijk_to_ras_of, segments_on_grid, volume_from_array
 from .outputs import CLASS_COLORS
 
@@ -66,7 +65,7 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
     report = progress or (lambda fraction, text: None)
     rows = {row["segment"]: row for row in result.rows}
     lesions = [d for d in result.segments if d["role"] == "lesion"]
-    voxels = RoiVoxels(scene, study.segmentation, result, [d["id"] for d in result.segments])
+    voxels = RoiVoxels(result)
     names = _file_names([d["name"] for d in lesions])
     plotting = _matplotlib_available()
     pictures: List[Picture] = []
@@ -104,12 +103,10 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
     return pictures
 
 
-def plot_nodes(scene, result, segmentation=None) -> list:
+def plot_nodes(scene, result) -> list:
     """Plot chart nodes in the scene, each with its series over a table node: one ADC
-    histogram per lesion and the summary of every ROI's mean ADC against the cut-off.
-    `segmentation` defaults to the scene's segmentation node that holds the result's segments."""
-    segmentation = segmentation if segmentation is not None else result_segmentation(scene, result)
-    voxels = RoiVoxels(scene, segmentation, result, [d["id"] for d in result.segments])
+    histogram per lesion and the summary of every ROI's mean ADC against the cut-off."""
+    voxels = RoiVoxels(result)
     charts = []
     for detail in (d for d in result.segments if d["role"] == "lesion"):
         row = next(r for r in result.rows if r["segment"] == detail["name"])
@@ -124,31 +121,18 @@ def plot_nodes(scene, result, segmentation=None) -> list:
     return charts
 
 
-def result_segmentation(scene, result):
-    """The segmentation node the result was measured on: the one holding all its segment IDs
-    (the name alone is not unique in a Slicer scene), by name first."""
-    ids = [d["id"] for d in result.segments]
-    name = result.inputs.get("segmentation")
-    candidates = _nodes_of_class(scene, "vtkMRMLSegmentationNode")
-    for node in sorted(candidates, key=lambda n: n.GetName() != name):
-        segmentation = node.GetSegmentation()
-        if all(segmentation.GetSegment(sid) is not None for sid in ids):
-            return node
-    raise InputError(f"the segmentation '{name}' the result was measured on is not in the scene")
-
-
 # --- voxels of each ROI on the ADC grid ---------------------------------------------------
 
 
 class RoiVoxels:
-    """Every ROI's voxels on the ADC grid, from one export of the segments and one pass over
-    the labels: flat voxel indices grouped by segment."""
+    """Every ROI's voxels on the ADC grid, from the analysis's own export of the segments and
+    one pass over its labels: flat voxel indices grouped by segment."""
 
-    def __init__(self, scene, segmentation, result, ids: Sequence[str]):
+    def __init__(self, result):
         self.result = result
         self.ijk_to_ras = ijk_to_ras_of(result.adc_node)
         self.indices: Dict[str, np.ndarray] = {}
-        on_adc = segments_on_grid(scene, None, segmentation, list(ids), result.adc_node)
+        on_adc = result.rois_on_adc
         for labels, layer_ids in zip(on_adc.labels, on_adc.ids_per_layer):
             flat = np.flatnonzero(labels)
             values = labels.ravel()[flat]
@@ -809,10 +793,6 @@ def _chart(scene, name: str, series: Sequence[object], x_title: str, y_title: st
     chart.SetXAxisTitle(x_title)
     chart.SetYAxisTitle(y_title)
     return chart
-
-
-def _nodes_of_class(scene, class_name: str) -> list:
-    return [scene.GetNthNodeByClass(n, class_name) for n in range(scene.GetNumberOfNodesByClass(class_name))]
 
 
 # --- small helpers ------------------------------------------------------------------------
