@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from VertebralMarrowLib.adc import decide_adc_units, fit_adc, fit_adc_volume, select_bvalues, trace_weighted
+from VertebralMarrowLib.core.adc import decide_adc_units, fit_adc, fit_adc_volume, select_bvalues, trace_weighted
 from VertebralMarrowLib.errors import InputError
-from VertebralMarrowLib.stats import classify_adc, classify_signal, classify_voxels, roi_statistics
+from VertebralMarrowLib.core.stats import classify_adc, classify_signal, classify_voxels, roi_statistics
 
 B = np.array([0.0, 50.0, 400.0, 800.0])
 

@@ -306,7 +306,7 @@ def test_every_command_prints_its_help(command, capsys):
 
 def test_a_criteria_file_of_ones_own_sets_the_cutoff_and_is_recorded(phantom, tmp_path):
     from VertebralMarrowLib.cli import main
-    from VertebralMarrowLib.criteria import CRITERIA_PATH
+    from VertebralMarrowLib.core.criteria import CRITERIA_PATH
 
     folder, truth, _ = phantom
     own = json.loads(CRITERIA_PATH.read_text())

@@ -14,7 +14,7 @@ from VertebralMarrowLib.mrml import (
     volume_from_array,
 )
 from VertebralMarrowLib.phantom import LESIONS, Anatomy, Grid, make_phantom, voxel_centres_ras
-from VertebralMarrowLib.study import StudyFiles, load_study, parse_spread
+from VertebralMarrowLib.inputs.study import StudyFiles, load_study, parse_spread
 
 
 @pytest.fixture(scope="module")

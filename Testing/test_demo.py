@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import slicer
 from VertebralMarrowLib.cli import main
 from VertebralMarrowLib.mrml import new_scene
-from VertebralMarrowLib.outputs import COLUMN_NAMES
+from VertebralMarrowLib.outputs.table import COLUMN_NAMES
 
 INTERFACE_COLUMNS = (
     "segment, role, n_voxels_adc, volume_ml, adc_mean, adc_median, adc_sd, adc_p10, adc_p90, "

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "dicom-dwi"
 ENTRY_POINT = Path(sys.executable).parent / "vertebral-marrow"
 
-from VertebralMarrowLib.adc import fit_adc_volume, trace_weighted
-from VertebralMarrowLib.dicom_dwi import read_dwi_dicom
+from VertebralMarrowLib.core.adc import fit_adc_volume, trace_weighted
+from VertebralMarrowLib.inputs.dicom_dwi import read_dwi_dicom
 from VertebralMarrowLib.errors import InputError
 
 # Images (files or frames) per distinct b-value, from the README's "b-values in headers" column:

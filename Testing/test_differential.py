@@ -1,4 +1,4 @@
-"""Ranked differential (VertebralMarrowLib.differential): real outcomes on inputs taken from
+"""Ranked differential (VertebralMarrowLib.core.differential): real outcomes on inputs taken from
 the clinical reference (shared/clinical-reference.md): its pattern table (T1 / T2 / FS-T2
 signs) and its ADC table (Kaur 2020; Wang 2021 for myeloma; normal marrow for reconversion),
 not from the module's output.
@@ -10,9 +10,9 @@ import math
 
 import pytest
 
-from VertebralMarrowLib import differential as dd
-from VertebralMarrowLib.criteria import ENTITY_KEYS, load_criteria
-from VertebralMarrowLib.differential import LesionFindings, rank_differential, summarize
+from VertebralMarrowLib.core import differential as dd
+from VertebralMarrowLib.core.criteria import ENTITY_KEYS, load_criteria
+from VertebralMarrowLib.core.differential import LesionFindings, rank_differential, summarize
 from VertebralMarrowLib.errors import InputError
 
 MALIGNANT = {"metastasis_lytic", "metastasis_blastic", "myeloma_leukemia"}

@@ -45,9 +45,11 @@ import slicer
 import slicer.util
 import vtk
 
-from VertebralMarrowLib import DISCLAIMER, outputs, panel
+from VertebralMarrowLib import DISCLAIMER
+from VertebralMarrowLib.outputs import nodes as outputs
+from VertebralMarrowLib.slicer_panel import panel
 from VertebralMarrowLib.analysis import analyze
-from VertebralMarrowLib.criteria import Options, load_criteria
+from VertebralMarrowLib.core.criteria import Options, load_criteria
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.mrml import (
     array_of,
@@ -715,7 +717,7 @@ def test_parameter_annotations_evaluate_under_python_39():
 
 
 def module_python_files():
-    files = [MODULE_PY] + sorted(LIB_DIR.glob("*.py"))
+    files = [MODULE_PY] + sorted(LIB_DIR.rglob("*.py"))
     return [path for path in files if "__pycache__" not in path.parts]
 
 
@@ -1580,7 +1582,7 @@ def test_logic_fits_dwi_and_replaces_the_previous_fitted_map(module, app):
 
 
 def test_logic_export_report_leaves_the_scene_alone(module, app, tmp_path):
-    pytest.importorskip("VertebralMarrowLib.report", reason="report.py (export's report page) is not written yet")
+    pytest.importorskip("VertebralMarrowLib.outputs.report", reason="report.py (export's report page) is not written yet")
     study, _ = panel.self_test_study(app.scene, app)
     logic = module.VertebralMarrowLogic()
     with pytest.raises(ValueError, match="press Apply"):

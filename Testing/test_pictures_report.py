@@ -26,14 +26,14 @@ import pytest
 
 from VertebralMarrowLib import DISCLAIMER
 from VertebralMarrowLib.analysis import analyze
-from VertebralMarrowLib.criteria import Options
+from VertebralMarrowLib.core.criteria import Options
 from VertebralMarrowLib.mrml import load_segmentation, new_scene, segment_ids, segment_name, write_node
-from VertebralMarrowLib.outputs import class_color_node, overlay_node
+from VertebralMarrowLib.outputs.nodes import class_color_node, overlay_node
 from VertebralMarrowLib.phantom import make_phantom
-from VertebralMarrowLib.pictures import VIEW_PIXELS, SliceRenderer, plot_nodes, roi_outlines, view_boxes
+from VertebralMarrowLib.outputs.pictures import VIEW_PIXELS, SliceRenderer, plot_nodes, roi_outlines, view_boxes
 from VertebralMarrowLib.pipeline import run_analysis
-from VertebralMarrowLib.report import write_report
-from VertebralMarrowLib.study import StudyFiles, load_study
+from VertebralMarrowLib.outputs.report import write_report
+from VertebralMarrowLib.inputs.study import StudyFiles, load_study
 
 LIB = Path(__file__).resolve().parents[1] / "VertebralMarrow" / "VertebralMarrowLib"
 MARKUP_NAME = 'L5 <script>alert("x")</script> & co'
@@ -251,7 +251,7 @@ def _centre(name: str) -> np.ndarray:
 
 def test_without_matplotlib_snapshots_are_still_written(live, tmp_path, monkeypatch):
     """A bare Slicer has no matplotlib: the views are written by VTK alone and plots skipped."""
-    from VertebralMarrowLib import pictures
+    from VertebralMarrowLib.outputs import pictures
 
     monkeypatch.setattr(pictures, "_matplotlib_available", lambda: False)
     written = pictures.write_pictures(live.scene, live.study, live.result, live.overlay, tmp_path)
@@ -398,12 +398,12 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
 
 def test_modules_import_fast_without_matplotlib():
     """pictures and report import matplotlib only when drawing (never pyplot's backend)."""
-    code = ("import sys, VertebralMarrowLib.pictures, VertebralMarrowLib.report; "
+    code = ("import sys, VertebralMarrowLib.outputs.pictures, VertebralMarrowLib.outputs.report; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported at module level'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.parametrize("name", ["pictures.py", "report.py"])
+@pytest.mark.parametrize("name", ["outputs/pictures.py", "outputs/report.py"])
 def test_library_modules_parse_as_python_3_9(name):
     source = (LIB / name).read_text(encoding="utf-8")
     tree = ast.parse(source, feature_version=(3, 9))

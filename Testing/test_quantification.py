@@ -29,10 +29,10 @@ import vtk
 
 from VertebralMarrowLib import mrml
 from VertebralMarrowLib.analysis import StudyNodes, analyze
-from VertebralMarrowLib.criteria import Options
+from VertebralMarrowLib.core.criteria import Options
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.phantom import make_phantom
-from VertebralMarrowLib.study import StudyFiles, load_dwi, load_study
+from VertebralMarrowLib.inputs.study import StudyFiles, load_dwi, load_study
 
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (its own inverse)
 BVALUES = (0.0, 50.0, 400.0, 800.0)

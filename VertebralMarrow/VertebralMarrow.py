@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Annotated, Callable, List, Optional
 
 import qt
@@ -33,7 +34,9 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from VertebralMarrowLib import DISCLAIMER, __version__
-from VertebralMarrowLib import analysis, export, panel
+from VertebralMarrowLib import analysis
+from VertebralMarrowLib.outputs import folder as output_folder
+from VertebralMarrowLib.slicer_panel import panel
 from VertebralMarrowLib.mrml import HeadlessApp
 
 try:
@@ -194,6 +197,13 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
+
+    def onReload(self) -> None:
+        """Slicer's Reload re-reads this file only: drop the VertebralMarrowLib package too, so
+        the reloaded module imports the package's edited files."""
+        for name in [name for name in sys.modules if name.split(".")[0] == "VertebralMarrowLib"]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -535,7 +545,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
             raise ValueError("there is no analysis to export yet: press Apply first")
         app, study, result = panel.export_copy(self.lastStudy, self.lastResult)
         try:
-            return export.write_output_folder(app, study, result, folder, progress=progress)
+            return output_folder.write_output_folder(app, study, result, folder, progress=progress)
         finally:
             app.scene.Clear(1)
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from VertebralMarrowLib.adc import FIT_CHUNK_VOXELS, fit_adc_volume
+    from VertebralMarrowLib.core.adc import FIT_CHUNK_VOXELS, fit_adc_volume
 except ImportError:  # running from the source tree without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "VertebralMarrow"))
-    from VertebralMarrowLib.adc import FIT_CHUNK_VOXELS, fit_adc_volume
+    from VertebralMarrowLib.core.adc import FIT_CHUNK_VOXELS, fit_adc_volume
 
 BVALUES = (0.0, 50.0, 400.0, 800.0)
 MB = 1024.0 * 1024.0

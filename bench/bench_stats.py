@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from VertebralMarrowLib.stats import roi_means, roi_statistics
+    from VertebralMarrowLib.core.stats import roi_means, roi_statistics
 except ImportError:  # running from the source tree without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "VertebralMarrow"))
-    from VertebralMarrowLib.stats import roi_means, roi_statistics
+    from VertebralMarrowLib.core.stats import roi_means, roi_statistics
 
 MB = 1024.0 * 1024.0
 CUTOFF = 1.21

@@ -14,9 +14,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import DISCLAIMER, __version__
-from .adc import decide_adc_units, fit_adc_volume, select_bvalues, trace_weighted
-from .criteria import Options, ResolvedOptions
-from .differential import LesionFindings, rank_differential, summarize
+from .core.adc import decide_adc_units, fit_adc_volume, select_bvalues, trace_weighted
+from .core.criteria import Options, ResolvedOptions
+from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
 from .mrml import (
     SegmentsOnGrid,
@@ -31,7 +31,7 @@ from .mrml import (
     volume_from_array,
     voxel_volume_mm3,
 )
-from .stats import classify_adc, classify_signal, classify_voxels, roi_means, roi_statistics
+from .core.stats import classify_adc, classify_signal, classify_voxels, roi_means, roi_statistics
 
 # Free water at body temperature is 3.0 x 10^-3 mm^2/s: a ROI mean far above it means the
 # units are wrong, not that the tissue is unusual.

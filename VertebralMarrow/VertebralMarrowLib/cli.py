@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--ct-sclerotic-hu", type=float,
                          help="mean CT attenuation from which a lesion is sclerotic, HU (default 302, Ulano 2016)")
     analyze.add_argument("--criteria", type=Path,
-                         help="a criteria file of your own (a copy of VertebralMarrowLib/criteria.json with your numbers)")
+                         help="a criteria file of your own (a copy of VertebralMarrowLib/core/criteria.json with your numbers)")
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
 
     adc = commands.add_parser("adc", help="fit the ADC map alone (float32, 10^-3 mm^2/s, on the DWI grid)")
@@ -146,7 +146,7 @@ def _run(args) -> int:
 
 
 def _study_files(args):
-    from .study import StudyFiles, parse_bvalues, parse_spread
+    from .inputs.study import StudyFiles, parse_bvalues, parse_spread
 
     return StudyFiles(
         seg=getattr(args, "seg", None), label_names=getattr(args, "label_names", None),
@@ -160,7 +160,7 @@ def _study_files(args):
 
 
 def _analyze(args, progress):
-    from .criteria import Options
+    from .core.criteria import Options
     from .pipeline import run_analysis
 
     options = Options(

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import DISCLAIMER
-from .criteria import citation, load_criteria
+from .core.criteria import citation, load_criteria
 from .errors import InputError
 
 TRUTH_VALUES = ("malignant", "benign")

@@ -23,8 +23,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from . import DISCLAIMER, __version__
-from .adc import fit_adc_volume
-from .criteria import load_criteria
+from .core.adc import fit_adc_volume
+from .core.criteria import load_criteria
 from .mrml import new_scene, segmentation_from_labelmap, set_segment_role, volume_from_array, write_node
 
 BVALUES = (0.0, 50.0, 400.0, 800.0)

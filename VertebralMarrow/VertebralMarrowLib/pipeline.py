@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from .analysis import AnalysisResult, analyze, fit_dwi_nodes
-from .criteria import Options
+from .core.criteria import Options
 from .errors import InputError
-from .export import write_output_folder
+from .outputs.folder import write_output_folder
 from .mrml import ijk_to_ras_of, new_scene, volume_from_array, write_node
-from .study import StudyFiles, load_dwi, load_dwi_dicom, load_study
+from .inputs.study import StudyFiles, load_dwi, load_dwi_dicom, load_study
 
 Progress = Optional[Callable[[float, str], None]]
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")

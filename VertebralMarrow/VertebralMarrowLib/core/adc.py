@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 # Scale factors that bring each stored unit to 10^-3 mm^2/s.
 UNIT_SCALE_TO_1E3 = {"mm2/s": 1000.0, "1e-3": 1.0, "1e-6": 0.001}

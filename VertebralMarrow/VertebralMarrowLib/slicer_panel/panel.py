@@ -37,12 +37,12 @@ import numpy as np
 import slicer
 import vtk
 
-from . import DISCLAIMER
-from .analysis import AnalysisResult, StudyNodes
-from .criteria import Options
-from .differential import is_number, likelihood_text
-from .errors import InputError
-from .mrml import (
+from .. import DISCLAIMER
+from ..analysis import AnalysisResult, StudyNodes
+from ..core.criteria import Options
+from ..core.differential import is_number, likelihood_text
+from ..errors import InputError
+from ..mrml import (
     HeadlessApp,
     ROLE_TAG,
     ROLES,
@@ -57,7 +57,7 @@ from .mrml import (
     set_segment_role,
     volume_from_array,
 )
-from .outputs import (
+from ..outputs.nodes import (
     ADC_COLORS_ATTRIBUTE,
     ADC_MAP_ATTRIBUTE,  # noqa: F401  the widget filters its ADC-map selector by it
     CLASS_COLORS_ATTRIBUTE,
@@ -67,11 +67,10 @@ from .outputs import (
     class_color_node,
     color_segments_by_class,
     overlay_node,
-    result_document,
-    results_table_node,
     segment_class_colors,
 )
-from .study import parse_bvalues
+from ..outputs.table import result_document, results_table_node
+from ..inputs.study import parse_bvalues
 
 ADC_UNIT_CHOICES = ("auto", "mm2/s", "1e-3", "1e-6")
 FIT_METHOD_CHOICES = ("iwls", "ols")
@@ -269,7 +268,7 @@ def apply_blocker(params) -> str:
 
 def citations() -> List[str]:
     """The published sources of the criteria, for the module's acknowledgement text."""
-    from .criteria import load_criteria
+    from ..core.criteria import load_criteria
 
     references = load_criteria()["references"]
     return [text for key, text in references.items() if key != "project"]

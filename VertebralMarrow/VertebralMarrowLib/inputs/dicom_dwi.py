@@ -30,8 +30,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .adc import trace_weighted
-from .errors import InputError
+from ..core.adc import trace_weighted
+from ..errors import InputError
 
 # ImageType / FrameType values that mark an image computed by the scanner, not acquired.
 DERIVED_IMAGE_TYPES = {"ADC", "EADC", "TRACEW", "FA", "EXP"}

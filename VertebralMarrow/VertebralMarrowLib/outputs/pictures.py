@@ -22,8 +22,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .mrml import array_of, ijk_to_ras_of, segments_on_grid, volume_from_array
-from .outputs import CLASS_COLORS
+from ..mrml import array_of, ijk_to_ras_of, segments_on_grid, volume_from_array
+from .nodes import CLASS_COLORS
 
 VIEW_PIXELS = 440          # each slice view is drawn at this size and pasted 1:1 into the PNG
 FIELD_OF_VIEW_MM = 120.0   # about three vertebral levels around the lesion

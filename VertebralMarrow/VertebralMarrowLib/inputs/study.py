@@ -8,9 +8,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .analysis import StudyNodes
-from .errors import InputError
-from .mrml import HeadlessApp, load_segmentation, load_volume, read_image_sitk, volume_from_array
+from ..analysis import StudyNodes
+from ..errors import InputError
+from ..mrml import HeadlessApp, load_segmentation, load_volume, read_image_sitk, volume_from_array
 
 
 @dataclass
@@ -141,7 +141,7 @@ def _bval_sidecar(path: Path) -> Optional[Path]:
 
 def load_dwi_dicom(scene, folder: Path) -> Tuple[list, List[float]]:
     """DWI volumes (trace-weighted, one per b-value) and b-values read from DICOM headers."""
-    from .dicom_dwi import read_dwi_dicom
+    from ..inputs.dicom_dwi import read_dwi_dicom
 
     series = read_dwi_dicom(folder)
     nodes = [volume_from_array(scene, volume, series.ijk_to_ras, f"DWI b={b:g}")

@@ -49,9 +49,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import DISCLAIMER
-from .criteria import ENTITY_KEYS
-from .errors import InputError
+from .. import DISCLAIMER
+from ..core.criteria import ENTITY_KEYS
+from ..errors import InputError
 
 __all__ = [
     "LesionFindings",

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
-from .differential import is_number, likelihood_text
-from .outputs import CLASS_COLORS, COLUMNS
+from ..core.differential import is_number, likelihood_text
+from .nodes import CLASS_COLORS
+from .table import COLUMNS
 
 TOP_DIFFERENTIAL = 3
 NONE_ITEM = '<span class="muted">–</span>'

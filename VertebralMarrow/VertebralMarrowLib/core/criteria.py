@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 CRITERIA_PATH = Path(__file__).with_name("criteria.json")
 

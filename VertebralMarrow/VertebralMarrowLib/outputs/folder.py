@@ -8,20 +8,10 @@ from typing import Callable, List, Optional
 
 import slicer
 
-from .analysis import AnalysisResult, StudyNodes
-from .mrml import write_node
-from .outputs import (
-    ADC_MAP_NAME,
-    adc_color_node,
-    adc_map_node,
-    class_color_node,
-    color_segments_by_class,
-    overlay_node,
-    result_document,
-    results_table_node,
-    write_csv,
-    write_json,
-)
+from ..analysis import AnalysisResult, StudyNodes
+from ..mrml import write_node
+from .nodes import ADC_MAP_NAME, adc_color_node, adc_map_node, class_color_node, color_segments_by_class, overlay_node
+from .table import result_document, results_table_node, write_csv, write_json
 
 SCENE_FILE = "VertebralMarrow.mrml"
 SCENE_DATA = "scene-data"
