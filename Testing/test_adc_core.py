@@ -13,7 +13,8 @@ import pytest
 
 from VertebralMarrowLib.core.adc import decide_adc_units, fit_adc, fit_adc_volume, select_bvalues, trace_weighted
 from VertebralMarrowLib.errors import InputError
-from VertebralMarrowLib.core.stats import classify_adc, classify_signal, classify_voxels, roi_statistics
+from VertebralMarrowLib.core.classes import class_key, classify_adc
+from VertebralMarrowLib.core.stats import classify_signal, roi_statistics
 
 B = np.array([0.0, 50.0, 400.0, 800.0])
 
@@ -335,24 +336,24 @@ def test_roi_statistics_is_independent_of_label_order_and_dtype():
 
 def test_classify_adc_cutoff_is_malignant_at_or_below():
     # Kaur 2020: mean ADC <= 1.21 x 10^-3 mm^2/s is malignant-range
-    assert classify_adc(1.21, 1.21, 0.0) == "malignant"
-    assert classify_adc(1.2099, 1.21, 0.0) == "malignant"
-    assert classify_adc(1.2101, 1.21, 0.0) == "benign"
-    assert classify_adc(0.69, 1.21, 0.0) == "malignant"
-    assert classify_adc(1.94, 1.21, 0.0) == "benign"
+    assert class_key(1.21, 1.21, 0.0) == "malignant"
+    assert class_key(1.2099, 1.21, 0.0) == "malignant"
+    assert class_key(1.2101, 1.21, 0.0) == "benign"
+    assert class_key(0.69, 1.21, 0.0) == "malignant"
+    assert class_key(1.94, 1.21, 0.0) == "benign"
 
 
 def test_classify_adc_band():
     """Within cut-off +/- band (inclusive) is indeterminate; 1.25 and 0.25 are exact in binary,
     so the band's edges are tested exactly."""
-    assert classify_adc(1.25, 1.25, 0.25) == "indeterminate"
-    assert classify_adc(1.0, 1.25, 0.25) == "indeterminate"
-    assert classify_adc(1.5, 1.25, 0.25) == "indeterminate"
-    assert classify_adc(0.9999, 1.25, 0.25) == "malignant"
-    assert classify_adc(1.5001, 1.25, 0.25) == "benign"
-    assert classify_adc(1.16, 1.21, 0.1) == "indeterminate"
-    assert classify_adc(1.05, 1.21, 0.1) == "malignant"
-    assert classify_adc(1.40, 1.21, 0.1) == "benign"
+    assert class_key(1.25, 1.25, 0.25) == "indeterminate"
+    assert class_key(1.0, 1.25, 0.25) == "indeterminate"
+    assert class_key(1.5, 1.25, 0.25) == "indeterminate"
+    assert class_key(0.9999, 1.25, 0.25) == "malignant"
+    assert class_key(1.5001, 1.25, 0.25) == "benign"
+    assert class_key(1.16, 1.21, 0.1) == "indeterminate"
+    assert class_key(1.05, 1.21, 0.1) == "malignant"
+    assert class_key(1.40, 1.21, 0.1) == "benign"
 
 
 def test_classify_signal_boundaries():
@@ -367,13 +368,13 @@ def test_classify_signal_boundaries():
 
 def test_classify_voxels_follows_the_same_rule():
     adc = np.array([0.5, 1.25, 1.2501, 2.0, np.nan, 1.0, 1.5, 1.5001, 0.9999])
-    np.testing.assert_array_equal(classify_voxels(adc, 1.25, 0.0), [3, 3, 1, 1, 0, 3, 1, 1, 3])
-    np.testing.assert_array_equal(classify_voxels(adc, 1.25, 0.25), [3, 2, 2, 1, 0, 2, 2, 1, 3])
-    np.testing.assert_array_equal(classify_voxels(np.array([1.21, 1.2101]), 1.21, 0.0), [3, 1])
+    np.testing.assert_array_equal(classify_adc(adc, 1.25, 0.0), [3, 3, 1, 1, 0, 3, 1, 1, 3])
+    np.testing.assert_array_equal(classify_adc(adc, 1.25, 0.25), [3, 2, 2, 1, 0, 2, 2, 1, 3])
+    np.testing.assert_array_equal(classify_adc(np.array([1.21, 1.2101]), 1.21, 0.0), [3, 1])
     # voxel and ROI rules agree voxel by voxel
     names = {3: "malignant", 2: "indeterminate", 1: "benign"}
     rng = np.random.default_rng(10)
     values = np.concatenate([rng.uniform(0.2, 2.5, 500), [1.0, 1.25, 1.5]])
     for band in (0.0, 0.25):
-        for value, cls in zip(values, classify_voxels(values, 1.25, band)):
-            assert names[int(cls)] == classify_adc(float(value), 1.25, band)
+        for value, cls in zip(values, classify_adc(values, 1.25, band)):
+            assert names[int(cls)] == class_key(float(value), 1.25, band)

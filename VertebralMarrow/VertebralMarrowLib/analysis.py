@@ -31,14 +31,15 @@ from .mrml import (
     volume_from_array,
     voxel_volume_mm3,
 )
-from .core.stats import classify_adc, classify_signal, classify_voxels, roi_means, roi_statistics
+from .core.classes import CLASSES, class_key, classify_adc
+from .core.stats import classify_signal, roi_means, roi_statistics
 
 # Free water at body temperature is 3.0 x 10^-3 mm^2/s: a ROI mean far above it means the
 # units are wrong, not that the tissue is unusual.
 ADC_MAX_PLAUSIBLE = 4.0
 
 SIGNAL_SEQUENCES = ("t1", "t2", "fs")
-OVERLAY_CLASSES = {0: "outside lesion ROIs", 1: "benign-range", 2: "indeterminate", 3: "malignant-range"}
+OVERLAY_CLASSES = {c.code: c.label for c in CLASSES}
 
 
 class Cancelled(Exception):
@@ -288,7 +289,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
             f"the ADC units are probably wrong: set --adc-units"
         )
     if role == "lesion":
-        adc_class = classify_adc(mean_adc, options.adc_cutoff, options.indeterminate_band)
+        adc_class = class_key(mean_adc, options.adc_cutoff, options.indeterminate_band)
     elif role == "reference":
         adc_class = "reference"
     else:
@@ -374,5 +375,5 @@ def _overlay(on_adc, lesion_ids: Sequence[str], adc_map: np.ndarray, options: Re
         values = [index + 1 for index, sid in enumerate(layer_ids) if sid in lesion_ids]
         if values:
             in_lesion |= np.isin(labels, values)
-    classes = classify_voxels(adc_map, options.adc_cutoff, options.indeterminate_band)
+    classes = classify_adc(adc_map, options.adc_cutoff, options.indeterminate_band)
     return np.where(in_lesion, classes, 0).astype(np.uint8)

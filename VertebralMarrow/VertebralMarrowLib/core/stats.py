@@ -90,24 +90,3 @@ def classify_signal(ratio: Optional[float], low_below: float, high_above: float)
     if ratio > high_above:
         return "high"
     return "iso"
-
-
-def classify_adc(mean_adc: float, cutoff: float, band: float) -> str:
-    """'malignant' | 'benign' | 'indeterminate' for a lesion's mean ADC (10^-3 mm^2/s).
-
-    Kaur 2020: mean ADC <= cut-off is malignant-range, above it benign-range. With a band
-    > 0, means within cut-off +/- band are indeterminate instead.
-    """
-    if band > 0 and abs(mean_adc - cutoff) <= band:
-        return "indeterminate"
-    return "malignant" if mean_adc <= cutoff else "benign"
-
-
-def classify_voxels(adc: np.ndarray, cutoff: float, band: float) -> np.ndarray:
-    """Voxel classes for the overlay: 1 benign-range, 2 indeterminate, 3 malignant-range
-    (0 where the ADC is not finite). Same rule as `classify_adc`."""
-    classes = np.where(adc <= cutoff, 3, 1).astype(np.uint8)
-    if band > 0:
-        classes[np.abs(adc - cutoff) <= band] = 2
-    classes[~np.isfinite(adc)] = 0
-    return classes

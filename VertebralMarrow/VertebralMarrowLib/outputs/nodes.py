@@ -11,6 +11,7 @@ import numpy as np
 import slicer
 
 from ..analysis import OVERLAY_CLASSES, AnalysisResult
+from ..core.classes import BY_KEY, CLASSES, OUTSIDE
 from ..mrml import ijk_to_ras_of, set_ijk_to_ras, volume_from_array
 
 # Attributes that mark the nodes VertebralMarrow made, so a later run (or the panel) finds them.
@@ -19,12 +20,7 @@ ADC_COLORS_ATTRIBUTE = "VertebralMarrow.AdcColors"
 ADC_MAP_ATTRIBUTE = "VertebralMarrow.AdcColorMap"
 OVERLAY_ATTRIBUTE = "VertebralMarrow.Classes"
 
-CLASS_COLORS = {  # overlay value: (name, RGBA)
-    0: ("background", (0.0, 0.0, 0.0, 0.0)),
-    1: ("benign-range", (0.10, 0.75, 0.25, 1.0)),
-    2: ("indeterminate", (1.00, 0.85, 0.10, 1.0)),
-    3: ("malignant-range", (0.90, 0.10, 0.10, 1.0)),
-}
+CLASS_COLORS = {c.code: ("background" if c is OUTSIDE else c.label, c.rgba) for c in CLASSES}  # value: (name, RGBA)
 
 
 
@@ -102,12 +98,12 @@ def segment_class_colors(segmentation_node, result: AnalysisResult) -> Dict[str,
     """segment id -> RGB of its class, for the lesion segments of `result` with a class
     (benign-range, indeterminate, malignant-range) that are still in the segmentation under the
     same id and name (segments removed or renamed since the analysis are left out)."""
-    class_of = {"benign": 1, "indeterminate": 2, "malignant": 3}
     by_name = {row["segment"]: row["adc_class"] for row in result.rows}
     segmentation = segmentation_node.GetSegmentation()
     colors = {}
     for detail in result.segments:
-        value = class_of.get(by_name.get(detail["name"], ""))
+        adc_class = BY_KEY.get(by_name.get(detail["name"], ""))
+        value = adc_class.code if adc_class is not None and adc_class is not OUTSIDE else None
         segment = segmentation.GetSegment(detail["id"])
         if value is not None and segment is not None and segment.GetName() == detail["name"]:
             colors[detail["id"]] = tuple(float(c) for c in CLASS_COLORS[value][1][:3])

@@ -23,6 +23,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..mrml import array_of, ijk_to_ras_of, segments_on_grid, volume_from_array
+from ..core.classes import CLASSES, OUTSIDE
 from .nodes import CLASS_COLORS
 
 VIEW_PIXELS = 440          # each slice view is drawn at this size and pasted 1:1 into the PNG
@@ -38,7 +39,7 @@ HEADER_PX = 66
 FOOTER_PX = 58
 DPI = 100
 
-CLASS_OF_ROW = {"benign": 1, "indeterminate": 2, "malignant": 3}
+CLASS_OF_ROW = {c.key: c.code for c in CLASSES if c is not OUTSIDE}
 REFERENCE_COLOR = "#1f9fd8"   # normal-marrow reference: a colour no class uses
 OTHER_ROI_COLOR = "#7f7f7f"   # disc, muscle
 
