@@ -91,6 +91,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, required=True)
     demo.add_argument("--seed", type=int, default=0)
 
+    spine = commands.add_parser("spine", help="marrow of every labelled vertebra (TotalSegmentator, TotalSpineSeg, named labels)")
+    spine.add_argument("--labels", type=Path, required=True, help="vertebra labelmap (.nii.gz, .nrrd) or .seg.nrrd")
+    spine.add_argument("--scheme", default="auto", choices=("auto", "totalsegmentator", "totalspineseg", "names"),
+                       help="label scheme (default: recognised from names, or from label numbers and positions)")
+    spine.add_argument("--label-names", type=Path, help="Slicer color table naming the labels (--scheme names)")
+    _add_dwi_arguments(spine, with_adc=True)
+    spine.add_argument("--t1", type=Path, help="T1-weighted volume")
+    spine.add_argument("--fs", type=Path, help="fat-suppressed T2 or STIR volume")
+    spine.add_argument("--seg", type=Path, help="drawn lesion ROIs (.seg.nrrd or labelmap), placed at their level")
+    spine.add_argument("--reference-levels", nargs="+", default=(), metavar="LEVEL",
+                       help="normal-marrow levels (default: the median of all labelled vertebrae)")
+    spine.add_argument("--erosion-mm", type=float, help="marrow ROI clearance from cortex and end plates, mm (default 3)")
+    spine.add_argument("--marrow-max", type=float, help="top of the normal-marrow ADC range, 10^-3 mm^2/s (default 0.548, Koutoulidis 2017)")
+    spine.add_argument("--adc-units", choices=UNITS, default="auto", help="units of --adc (default: decided from the values)")
+    spine.add_argument("--criteria", type=Path, help="a criteria file of your own")
+    spine.add_argument("--out", type=Path, required=True, help="output folder")
+
+    followup = commands.add_parser("followup", help="response between two result folders (MET-RADS-P categories from ADC)")
+    followup.add_argument("baseline", type=Path, help="result folder of the baseline (analyze/demo/spine)")
+    followup.add_argument("followup", type=Path, help="result folder of the follow-up")
+    followup.add_argument("--criteria", type=Path, help="a criteria file of your own")
+    followup.add_argument("--out", type=Path, required=True, help="output folder")
+
     cohort = commands.add_parser("cohort", help="sensitivity, specificity, ROC over many lesions")
     cohort.add_argument("csv", type=Path, help="CSV with columns adc (10^-3 mm^2/s) and truth (malignant|benign)")
     cohort.add_argument("--out", type=Path, required=True)
@@ -135,6 +158,17 @@ def _run(args) -> int:
         return 0
     if args.command == "adc":
         return _fit_only(args, progress)
+    if args.command == "spine":
+        return _spine(args, progress)
+    if args.command == "followup":
+        from .outputs.followup_report import run_followup
+
+        rows = run_followup(args.baseline, args.followup, args.out, args.criteria)
+        for row in rows:
+            print(f"{row['kind']:8s} {row['segment'][:24]:24s} {row['status']:8s} {row['response'] or '':5s} {row['rule'] or ''}")
+        print(f"outputs in {args.out}: followup.csv, followup.json, followup.png, followup.html")
+        print(DISCLAIMER)
+        return 0
     if args.command == "demo":
         from .pipeline import run_demo
 
@@ -170,6 +204,29 @@ def _analyze(args, progress):
         fit_method=args.method, bmin=args.bmin, bmax=args.bmax, reference_segments=tuple(args.reference),
     )
     return run_analysis(_study_files(args), options, args.out, progress)
+
+
+def _spine(args, progress) -> int:
+    from .core.criteria import Options
+    from .inputs.study import parse_bvalues
+    from .spine_analysis import SpineOptions, run_spine
+
+    result = run_spine(
+        args.labels, args.out, adc=args.adc, dwi=args.dwi or (), bvalues=parse_bvalues(args.bvalues) if args.bvalues else (),
+        dwi_dicom=args.dwi_dicom, t1=args.t1, fs=args.fs, lesions=args.seg, label_names=args.label_names,
+        options=Options(adc_units=args.adc_units, criteria_path=args.criteria, fit_method=args.method, bmin=args.bmin, bmax=args.bmax),
+        spine_options=SpineOptions(scheme=args.scheme, erosion_mm=args.erosion_mm, marrow_max=args.marrow_max,
+                                   reference_levels=tuple(args.reference_levels)),
+        progress=progress)
+    print(f"labels: {result.scheme}; ADC: {result.adc_source}; units {result.adc_units}")
+    for row in result.rows:
+        adc = f"{row['adc_mean']:.3f}" if row["adc_mean"] is not None else "n/a"
+        print(f"{row['level']:4s} {adc:>6s} {row['tier']:13s} {row['flags']}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(f"outputs in {args.out}: spine.csv, spine.json, spine.png, spine.html")
+    print(DISCLAIMER)
+    return 0
 
 
 def _fit_only(args, progress) -> int:

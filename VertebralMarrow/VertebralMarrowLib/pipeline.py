@@ -44,7 +44,27 @@ def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResul
         seg=study_dir / names["seg"], adc=study_dir / names["adc"],
         t1=study_dir / names["t1"], t2=study_dir / names["t2"], fs=study_dir / names["fs"], ct=study_dir / names["ct"],
     )
-    return run_analysis(files, Options(), out, _scaled(progress, 0.3, 1.0))
+    result = run_analysis(files, Options(), out, _scaled(progress, 0.3, 0.8))
+    _demo_spine_and_followup(out, study_dir, seed, files, _scaled(progress, 0.8, 1.0))
+    return result
+
+
+def _demo_spine_and_followup(out: Path, study_dir: Path, seed: int, files: StudyFiles, progress: Progress) -> None:
+    """The demo's whole spine (TotalSpineSeg labels) and a follow-up time point compared with it."""
+    from .outputs.followup_report import run_followup
+    from .phantom_spine import make_followup, write_spine_labels
+    from .spine_analysis import run_spine
+
+    labels = write_spine_labels(study_dir)["totalspineseg"]
+    run_spine(labels, out, adc=files.adc, t1=files.t1, fs=files.fs, lesions=files.seg, progress=_scaled(progress, 0.0, 0.3))
+    later = out / "followup-timepoint"
+    truth = make_followup(later / "study", seed)
+    names = truth["files"]
+    run_analysis(StudyFiles(seg=later / "study" / names["seg"], adc=later / "study" / names["adc"]), Options(), later,
+                 _scaled(progress, 0.3, 0.8))
+    run_spine(later / "study" / names["totalspineseg"], later, adc=later / "study" / names["adc"],
+              lesions=later / "study" / names["seg"], progress=_scaled(progress, 0.8, 0.9))
+    run_followup(out, later, out / "followup")
 
 
 def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Optional[float], out_path,

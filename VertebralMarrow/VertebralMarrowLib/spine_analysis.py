@@ -439,3 +439,39 @@ def _place_lesions(scene, app, lesions, labels: SpineLabels, vertebrae) -> List[
                 how = "nearest vertebra"
             placed.append({"segment": segment_name(lesions, sid), "level": level, "how": how})
     return placed
+
+
+# --- from files ---------------------------------------------------------------------------
+
+
+def run_spine(labels_path, out_dir, adc=None, dwi: Sequence[Path] = (), bvalues: Sequence[float] = (), dwi_dicom=None,
+              t1=None, fs=None, lesions=None, label_names=None, options: Optional[Options] = None,
+              spine_options: Optional[SpineOptions] = None,
+              progress: Optional[Callable[[float, str], None]] = None) -> SpineResult:
+    """Load the files, read the whole spine and write spine.csv, spine.json, spine.png and
+    spine.html into `out_dir` (the `spine` command; also plain Python)."""
+    from .inputs.study import load_dwi, load_dwi_dicom
+    from .mrml import load_volume, new_scene
+    from .outputs.spine_report import write_spine_outputs
+
+    given = [flag for flag, value in (("--adc", adc), ("--dwi", dwi), ("--dwi-dicom", dwi_dicom)) if value]
+    if len(given) != 1:
+        raise InputError("give one ADC input: --adc, --dwi with --bvalues, or --dwi-dicom")
+    app = new_scene()
+    scene = app.scene
+    spine_options = spine_options or SpineOptions()
+    labels = read_spine_labels(scene, app, labels_path, spine_options.scheme, label_names)
+    adc_node, dwi_nodes, used_bvalues = None, [], []
+    if adc:
+        adc_node = load_volume(scene, adc, "ADC map")
+    elif dwi:
+        dwi_nodes, used_bvalues = load_dwi(scene, dwi, bvalues)
+    else:
+        dwi_nodes, used_bvalues = load_dwi_dicom(scene, dwi_dicom)
+    t1_node = load_volume(scene, t1, "T1") if t1 else None
+    fs_node = load_volume(scene, fs, "FS-T2/STIR") if fs else None
+    lesion_node = load_segmentation(scene, app, lesions) if lesions else None
+    result = analyze_spine(scene, labels, adc=adc_node, dwi=dwi_nodes, bvalues=used_bvalues, t1=t1_node, fs=fs_node,
+                           lesions=lesion_node, options=options, spine_options=spine_options, app=app, progress=progress)
+    write_spine_outputs(result, out_dir)
+    return result

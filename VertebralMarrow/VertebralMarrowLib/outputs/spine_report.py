@@ -120,7 +120,7 @@ def write_spine_picture(result: SpineResult, path: Path):
         chart.axhline(result.reference["adc_mean"], color="0.3", linestyle="--", linewidth=1,
                       label=f"this spine's reference ({result.reference['how']}): {result.reference['adc_mean']:.3f}")
     for x, row in zip(positions, rows):
-        colour = BY_KEY.get(row["tier"], BY_KEY["outside"]).hex if row["tier"] in BY_KEY else "0.5"
+        colour = BY_KEY[row["tier"]].hex if row["tier"] in BY_KEY else "0.5"
         chart.plot([x, x], [row["adc_p10"], row["adc_p90"]], color=colour, linewidth=2)
         chart.scatter([x], [row["adc_mean"]], color=colour, s=60, zorder=3, edgecolor="black")
         if row["flags"]:

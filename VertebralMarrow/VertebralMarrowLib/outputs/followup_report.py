@@ -1,0 +1,138 @@
+"""`followup`: two result folders in (each from `analyze`/`demo` and, for vertebrae, `spine`),
+followup.csv, followup.json, followup.png and followup.html out."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import List, Optional
+
+from .. import DISCLAIMER
+from ..core.criteria import load_criteria
+from ..core.followup import FOLLOWUP_COLUMNS, Reading, ResponseRules, compare
+from ..errors import InputError
+
+RESPONSE_COLOURS = {"RAC1": "#1a9641", "RAC2": "#a6d96a", "RAC3": "#888888", "RAC4": "#fdae61", "RAC5": "#d7191c"}
+
+
+def read_timepoint(folder) -> List[Reading]:
+    """Lesion rows of results.json and vertebra rows of spine.json in a result folder."""
+    folder = Path(folder)
+    readings = []
+    results, spine = folder / "results.json", folder / "spine.json"
+    if not results.is_file() and not spine.is_file():
+        raise InputError(f"{folder} holds neither results.json nor spine.json: give a folder written by analyze, demo or spine")
+    try:
+        if results.is_file():
+            for row in json.loads(results.read_text(encoding="utf-8"))["rows"]:
+                if row["role"] == "lesion":
+                    readings.append(Reading(row["segment"], "lesion", row["adc_mean"], row["adc_class"], row.get("volume_ml")))
+        if spine.is_file():
+            for row in json.loads(spine.read_text(encoding="utf-8"))["rows"]:
+                readings.append(Reading(row["level"], "vertebra", row["adc_mean"], row["tier"]))
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise InputError(f"{folder}: results.json or spine.json is not VertebralMarrow's ({exc})") from None
+    return readings
+
+
+def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Path] = None) -> List[dict]:
+    """Compare two time points and write the follow-up outputs; return the rows."""
+    criteria = load_criteria(criteria_path)
+    rules = ResponseRules.from_criteria(criteria)
+    rows = compare(read_timepoint(baseline_dir), read_timepoint(followup_dir), rules)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "followup.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FOLLOWUP_COLUMNS)
+        for row in rows:
+            writer.writerow([_cell(row[name]) for name in FOLLOWUP_COLUMNS])
+    follow = criteria["followup"]
+    document = {
+        "disclaimer": DISCLAIMER + " The categories read the ADC only; MET-RADS-P also weighs the high-b signal and the morphology.",
+        "baseline": str(baseline_dir), "followup": str(followup_dir),
+        "rows": rows,
+        "criteria": {"reproducibility_pct": follow["reproducibility_pct"], "metradsp": follow["metradsp"],
+                     "myrads": follow["myrads"], "marrow_max": criteria["spine"]["marrow_max"]},
+        "myrads": "same category as MET-RADS-P for every row: " + follow["myrads"]["where"],
+        "references": {key: criteria["references"][key] for key in ("padhani2017", "messiou2019", "messiou2011", "koutoulidis2017")},
+    }
+    (out / "followup.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
+    picture = _plot(rows, out / "followup.png")
+    _page(document, rows, out / "followup.html", picture, Path(baseline_dir), Path(followup_dir))
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _plot(rows: List[dict], path: Path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    shown = [row for row in rows if row["adc_baseline"] is not None or row["adc_followup"] is not None]
+    figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(shown) + 2), 4.5))
+    for x, row in enumerate(shown):
+        colour = RESPONSE_COLOURS.get(row["response"], "#444444")
+        before, after = row["adc_baseline"], row["adc_followup"]
+        if before is not None and after is not None:
+            axes.annotate("", (x, after), (x, before), arrowprops={"arrowstyle": "->", "color": colour, "lw": 2})
+        if before is not None:
+            axes.scatter([x], [before], color="white", edgecolor=colour, s=40, zorder=3)
+        if after is not None:
+            axes.scatter([x], [after], color=colour, s=40, zorder=3)
+        axes.text(x, max(v for v in (before, after) if v is not None) + 0.05, row["response"] or row["status"],
+                  ha="center", fontsize=7, color=colour)
+    axes.set_xticks(range(len(shown)), [row["segment"] for row in shown], rotation=60, ha="right", fontsize=8)
+    axes.set_ylabel("mean ADC, 10^-3 mm^2/s (open: baseline, filled: follow-up)")
+    axes.set_title("Follow-up: ADC change and MET-RADS-P bone response category (ADC only)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _page(document: dict, rows: List[dict], path: Path, picture, baseline: Path, followup: Path) -> Path:
+    e = html.escape
+    header = "".join(f"<th>{e(name)}</th>" for name in FOLLOWUP_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{e(_cell(row[name]))}</td>" for name in FOLLOWUP_COLUMNS) + "</tr>" for row in rows)
+    snapshots = ""
+    for label, folder in (("baseline", baseline), ("follow-up", followup)):
+        for name in ("spine.png", "overview.png"):
+            if (folder / name).is_file():
+                snapshots += (f'<figure><img src="{e(os.path.relpath(folder / name, path.parent))}" width="480">'
+                              f"<figcaption>{label}: {e(name)}</figcaption></figure>")
+    rules = document["criteria"]["metradsp"]
+    rule_text = "".join(f"<li>{e(rules[key])} (verified in the text: {rules.get(key.replace('_text', '_verified'))})</li>"
+                        for key in ("rac1_text", "rac2_text", "rac3_text", "rac4_text", "rac5_text"))
+    text = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>VertebralMarrow: follow-up</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:3px 6px;font-size:90%}}figure{{display:inline-block}}</style>
+</head><body>
+<h1>Follow-up: response of bone lesions and vertebrae</h1>
+<p><b>{e(document['disclaimer'])}</b></p>
+<p>Baseline: {e(document['baseline'])}; follow-up: {e(document['followup'])}. Lesions matched by segment name,
+vertebrae by level. Reproducibility of ADC: {document['criteria']['reproducibility_pct']['value']:g} % (Messiou 2011).</p>
+{f'<img src="{e(Path(picture).name)}" alt="ADC change per lesion and vertebra">' if picture else ''}
+<table><tr>{header}</tr>{body}</table>
+<h2>Before and after</h2>{snapshots or '<p>No snapshots in the result folders.</p>'}
+<h2>Rules (Padhani 2017, Table 3; ADC criteria only)</h2><ul>{rule_text}</ul>
+<p>MY-RADS (Messiou 2019): {e(document['myrads'])}</p>
+<h2>References</h2><ul>{''.join(f'<li>{e(v)}</li>' for v in document['references'].values())}</ul>
+</body></html>
+"""
+    path.write_text(text, encoding="utf-8")
+    return path
