@@ -56,7 +56,9 @@ def vertebra_labels(ras: np.ndarray, numbers: Dict[str, int]) -> np.ndarray:
     labels[radius <= CORD_RADIUS_MM] = numbers["cord"]
     for index, level in enumerate(LEVELS):
         zc = level_centre_z(level)
-        arch = (radius > CANAL_RADIUS_MM + 0.5) & (radius <= ARCH_OUTER_RADIUS_MM) & (y < -BODY_SEMI_AXES_MM[1])
+        # Lamina: a half ring behind the front of the canal; pedicles: two bars joining it to the body.
+        arch = (radius > CANAL_RADIUS_MM + 0.5) & (radius <= ARCH_OUTER_RADIUS_MM) & (y < CANAL_CENTRE_Y_MM + CANAL_RADIUS_MM)
+        arch |= (np.abs(x) >= 7.0) & (np.abs(x) <= 11.0) & (y >= -19.0) & (y <= -12.0)
         spinous = (np.abs(x) <= 3.0) & (y <= CANAL_CENTRE_Y_MM - ARCH_OUTER_RADIUS_MM + 2.0) & (y >= -48.0)
         posterior = (arch | spinous) & (np.abs(z - zc) <= ARCH_HALF_HEIGHT_MM)
         labels[(in_section & (np.abs(z - zc) <= BODY_HALF_HEIGHT_MM)) | posterior] = numbers[level]

@@ -144,8 +144,8 @@ def _ras(ijk_to_ras: np.ndarray, kji: Tuple[np.ndarray, ...]) -> np.ndarray:
 
 def vertebral_bodies(labels: SpineLabels) -> Tuple[np.ndarray, List[str]]:
     """Each vertebra's body on the labels' grid (value = vertebra label): where the labels hold
-    the spinal canal (or cord), voxels behind the front of the canal at that level (posterior
-    elements) are left out. Returns the array and what was done, for the report."""
+    the spinal canal (or cord), the posterior elements are left out, cut at the narrowest slab
+    between the body's centre and the front of the canal at that level. Returns the array and what was done, for the report."""
     array = labels.array
     bodies = np.zeros(array.shape, np.int32)
     canal_values = [v for v, s in labels.structures.items() if s.kind == "canal"] or \
@@ -168,14 +168,29 @@ def vertebral_bodies(labels: SpineLabels) -> Tuple[np.ndarray, List[str]]:
                 backwards = nearby.mean(axis=0) - centre
                 backwards /= max(np.linalg.norm(backwards), 1e-9)
                 front_of_canal = ((nearby - centre) @ backwards).min()
-                keep = (points - centre) @ backwards < front_of_canal
+                # Slabs as thick as a voxel's extent along the direction: none is left empty.
+                bin_mm = float(np.abs(backwards @ labels.ijk_to_ras[:3, :3]).sum())
+                keep = (points - centre) @ backwards < _narrowest(points, centre, backwards, front_of_canal, bin_mm)
         bodies[tuple(axis[keep] for axis in where)] = value
     if canal_values:
-        notes.append("posterior elements left out: voxels behind the front of the spinal canal at each level")
+        notes.append("posterior elements left out: cut at the narrowest slab (the pedicles) in front of the spinal canal at each level")
     else:
         notes.append("the labels hold no spinal canal or cord: posterior elements are inside the vertebra ROIs, "
                      "only the erosion keeps the ROI off their cortex")
     return bodies, notes
+
+
+def _narrowest(points: np.ndarray, centre: np.ndarray, backwards: np.ndarray, front_mm: float, bin_mm: float) -> float:
+    """Where to cut the posterior elements off: the narrowest slab (fewest voxels, slabs
+    `bin_mm` thick across the antero-posterior direction) between the vertebra's centre and the
+    front of the canal, i.e. the pedicles just behind the body. A cord label's front lies
+    behind the canal's, so the front alone would leave the pedicles in."""
+    depth = (points - centre) @ backwards
+    edges = np.arange(0.0, front_mm + bin_mm, bin_mm)
+    if edges.size < 3:
+        return front_mm
+    counts, _ = np.histogram(depth, bins=edges)
+    return float(min(edges[int(np.argmin(counts))], front_mm))
 
 
 def body_heights_mm(bodies: np.ndarray, ijk_to_ras: np.ndarray, structures: Dict[int, Structure]) -> Dict[int, float]:

@@ -130,7 +130,7 @@ def write_spine_picture(result: SpineResult, path: Path):
     chart.set_ylim(0, top)
     chart.set_ylabel("marrow ADC, 10^-3 mm^2/s (mean; bar p10-p90)")
     chart.set_title("ADC per vertebra")
-    chart.legend(loc="upper left", fontsize=8)
+    chart.legend(loc="upper right", fontsize=8)
     plane = sagittal_plane(result)
     if plane is not None:
         adc, roi, extent = plane
