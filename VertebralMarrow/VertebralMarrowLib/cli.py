@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="normal-marrow levels (default: the median of all labelled vertebrae)")
     spine.add_argument("--erosion-mm", type=float, help="marrow ROI clearance from cortex and end plates, mm (default 3)")
     spine.add_argument("--marrow-max", type=float, help="top of the normal-marrow ADC range, 10^-3 mm^2/s (default 0.548, Koutoulidis 2017)")
-    spine.add_argument("--adc-units", choices=UNITS, default="auto", help="units of --adc (default: decided from the values)")
+    for name in ("adc_cutoff", "indeterminate_band", "adc_units", "min_voxels"):
+        _add_setting(spine, name)
     spine.add_argument("--criteria", type=Path, help="a criteria file of your own")
     spine.add_argument("--out", type=Path, required=True, help="output folder")
 
@@ -247,7 +248,8 @@ def _spine(args, progress) -> int:
     result = run_spine(
         args.labels, args.out, adc=args.adc, dwi=args.dwi or (), bvalues=parse_bvalues(args.bvalues) if args.bvalues else (),
         dwi_dicom=args.dwi_dicom, t1=args.t1, fs=args.fs, lesions=args.seg, label_names=args.label_names,
-        options=Options(adc_units=args.adc_units, criteria_path=args.criteria, fit_method=args.method, bmin=args.bmin, bmax=args.bmax),
+        options=Options(criteria_path=args.criteria, **{name: getattr(args, name) for name in (
+            "adc_cutoff", "indeterminate_band", "adc_units", "min_voxels", "fit_method", "bmin", "bmax")}),
         spine_options=SpineOptions(scheme=args.scheme, erosion_mm=args.erosion_mm, marrow_max=args.marrow_max,
                                    reference_levels=tuple(args.reference_levels)),
         progress=progress)

@@ -19,7 +19,7 @@ import numpy as np
 from . import DISCLAIMER, __version__
 from .analysis import StudyNodes, _adc
 from .core.classes import class_key
-from .core.criteria import Options, ResolvedOptions
+from .core.criteria import Options
 from .core.stats import roi_means, roi_statistics
 from .core.vertebra_schemes import (
     FAMILIES, SCHEMES, Structure, detect_scheme, label_centroids_s, level_index, scheme_structures, structures_from_names,
@@ -73,7 +73,7 @@ class SpineResult:
     adc_units: str
     criteria: Dict[str, object]
     warnings: List[str]
-    options: ResolvedOptions
+    options: Options
     disclaimer: str = DISCLAIMER
     version: str = __version__
 
@@ -399,7 +399,7 @@ def _reference(rows: List[dict], discs: List[dict], settings: dict) -> Dict[str,
     return reference
 
 
-def _tiers_ratios_flags(rows, reference, settings, resolved: ResolvedOptions, structures) -> None:
+def _tiers_ratios_flags(rows, reference, settings, resolved: Options, structures) -> None:
     spine_adc = reference["adc_mean"]
     spread = None
     if spine_adc is not None:
