@@ -212,3 +212,66 @@ def test_spine_bad_input_is_one_error_line(phantom, tmp_path, capsys):
                  "--reference-levels", "C4", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "C4" in err[0]
+
+
+# --- other ways the labels come in ---------------------------------------------------------------
+
+NAMED = {"T12": 1, "L1": 2, "L2": 3, "L3": 4, "L4": 5, "L5": 6, "canal": 7, "cord": 8}
+SEGMENT_NAMES = {1: "T12 vertebra", 2: "L1 vertebra", 3: "L2 vertebra", 4: "L3 vertebra", 5: "L4 vertebra",
+                 6: "L5 vertebra", 7: "spinal canal", 8: "spinal cord"}
+
+
+def _named_labels(tmp_path):
+    from VertebralMarrowLib.mrml import segmentation_from_labelmap, volume_from_array, write_node
+    from VertebralMarrowLib.phantom import exam_grids, voxel_centres_ras
+    from VertebralMarrowLib.phantom_spine import vertebra_labels
+
+    grid = exam_grids()["t2"]
+    array = vertebra_labels(voxel_centres_ras(grid), NAMED).reshape(grid.shape_kji)
+    app = new_scene()
+    node = volume_from_array(app.scene, array, grid.ijk_to_ras, "named", labelmap=True)
+    write_node(app.scene, node, tmp_path / "named.nii.gz")
+    segmentation = segmentation_from_labelmap(app.scene, app, node, SEGMENT_NAMES, "named")
+    write_node(app.scene, segmentation, tmp_path / "named.seg.nrrd")
+    (tmp_path / "named.ctbl").write_text("".join(f"{v} {n.replace(' ', '_')} 128 128 128 255\n" for v, n in SEGMENT_NAMES.items()))
+    return array
+
+
+def test_seg_nrrd_and_label_names_read_as_the_scheme_file_does(phantom, tmp_path):
+    study = phantom[0]
+    _named_labels(tmp_path)
+    _, reference = _spine(phantom, tmp_path, "totalspineseg")
+    runs = {"seg": ["--labels", str(tmp_path / "named.seg.nrrd")],
+            "names": ["--labels", str(tmp_path / "named.nii.gz"), "--label-names", str(tmp_path / "named.ctbl"), "--scheme", "names"]}
+    for key, arguments in runs.items():
+        out = tmp_path / key
+        assert main(["-q", "spine", *arguments, "--adc", str(study / "adc_scanner.nrrd"), "--out", str(out)]) == 0
+        with (out / "spine.csv").open() as handle:
+            rows = {row["level"]: row for row in csv.DictReader(handle)}
+        assert set(rows) == set(reference)
+        for level, row in rows.items():
+            # The same voxels on the same grid: the same ROI, whatever the names came in.
+            assert int(row["n_voxels_adc"]) == pytest.approx(int(reference[level]["n_voxels_adc"]), rel=0.01), (key, level)
+            assert float(row["adc_mean"]) == pytest.approx(float(reference[level]["adc_mean"]), rel=0.01), (key, level)
+
+
+def test_vertebrae_mr_and_total_with_organs_are_recognised(tmp_path):
+    from VertebralMarrowLib.phantom import exam_grids, voxel_centres_ras
+    from VertebralMarrowLib.phantom_spine import vertebra_labels
+
+    grid = exam_grids()["fs"]
+    ras = voxel_centres_ras(grid)
+    # vertebrae_mr: T12 = 7 ... L5 = 2 (class_map["vertebrae_mr"]); it has no cord label.
+    mr = vertebra_labels(ras, {"T12": 7, "L1": 6, "L2": 5, "L3": 4, "L4": 3, "L5": 2, "cord": 0}).reshape(grid.shape_kji)
+    # total: the spine's labels beside organs (5 liver, 90 a muscle) as a whole `total` run writes them.
+    total = vertebra_labels(ras, {"T12": 32, "L1": 31, "L2": 30, "L3": 29, "L4": 28, "L5": 27, "cord": 79}).reshape(grid.shape_kji)
+    total[:3, :3, :3], total[-3:, -3:, -3:] = 5, 90
+    from VertebralMarrowLib.mrml import volume_from_array, write_node
+
+    for array, expected in ((mr, "totalsegmentator_vertebrae_mr"), (total, "totalsegmentator_total")):
+        app = new_scene()
+        path = tmp_path / f"{expected}.nii.gz"
+        write_node(app.scene, volume_from_array(app.scene, array, grid.ijk_to_ras, expected, labelmap=True), path)
+        labels = read_spine_labels(app.scene, app, path)
+        assert labels.scheme == expected
+        assert sorted(s.level for s in labels.structures.values() if s.kind == "vertebra") == sorted(["T12", "L1", "L2", "L3", "L4", "L5"])

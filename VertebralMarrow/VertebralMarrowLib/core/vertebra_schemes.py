@@ -68,6 +68,11 @@ SCHEMES: Dict[str, Dict[int, str]] = {
     "totalsegmentator_total_mr": {18: "sacrum", 19: "vertebrae", 20: "intervertebral_discs", 21: "spinal_cord"},
     "totalspineseg": _totalspineseg(),
 }
+# The highest label of each task's whole class map (same sources): labels up to it that are not
+# spine structures are the task's organs and muscles, ignored here; a label above it rules the
+# scheme out.
+LABEL_MAX = {"totalsegmentator_total": 117, "totalsegmentator_vertebrae_mr": 25,
+             "totalsegmentator_total_mr": 50, "totalspineseg": 100}
 # --scheme choices: the family, whose members are told apart by their labels.
 FAMILIES = {
     "totalsegmentator": ("totalsegmentator_total", "totalsegmentator_vertebrae_mr", "totalsegmentator_total_mr"),
@@ -140,30 +145,39 @@ def structures_from_names(names: Dict[int, str]) -> Dict[int, Structure]:
 
 
 def detect_scheme(values: Sequence[int], centroids_s_mm: Dict[int, float], candidates: Sequence[str]) -> str:
-    """The scheme among `candidates` whose class map names every label present and whose level
-    order runs with the labels' superior-inferior positions (`centroids_s_mm`: label value ->
-    mean S coordinate). Raises InputError when none fits."""
+    """The scheme among `candidates` that names the most vertebrae among the labels present,
+    whose labels all lie within its class map, and whose level order runs with the labels'
+    superior-inferior positions (`centroids_s_mm`: label value -> mean S coordinate). Raises
+    InputError when none fits."""
     present = sorted(int(v) for v in values if v > 0)
-    verdicts: List[Tuple[float, str]] = []
+    verdicts: List[Tuple[int, float, str]] = []
     reasons = []
     for scheme in candidates:
         names = SCHEMES[scheme]
-        known = [v for v in present if v in names]
-        if len(known) < len(present):
-            reasons.append(f"{scheme}: labels {', '.join(str(v) for v in present if v not in names)} are not in its class map")
+        beyond = [v for v in present if v > LABEL_MAX[scheme]]
+        if beyond:
+            reasons.append(f"{scheme}: labels {', '.join(str(v) for v in beyond)} are beyond its class map")
             continue
-        structures = structures_from_names({v: names[v] for v in known})
+        if scheme == "totalsegmentator_total_mr":
+            if 19 in present:  # its one 'vertebrae' label: recognised, so that the user is told what to run
+                verdicts.append((1, 1.0, scheme))
+            continue
+        structures = structures_from_names({v: names[v] for v in present if v in names})
+        vertebrae = [v for v, s in structures.items() if s.kind == "vertebra"]
+        if not vertebrae:
+            reasons.append(f"{scheme}: no label is a vertebra in its class map")
+            continue
         ranked = [(s.order, centroids_s_mm[v]) for v, s in structures.items() if s.kind in ("vertebra", "disc") and v in centroids_s_mm]
         agreement = _order_agreement(ranked)
         if agreement < 0.8:
             reasons.append(f"{scheme}: its level order disagrees with the labels' positions (agreement {agreement:.2f})")
             continue
-        verdicts.append((agreement, scheme))
+        verdicts.append((len(vertebrae), agreement, scheme))
     if not verdicts:
         raise InputError("the labels fit no known vertebra scheme (" + "; ".join(reasons) +
                          "); give --scheme names with --label-names")
     verdicts.sort(reverse=True)
-    return verdicts[0][1]
+    return verdicts[0][2]
 
 
 def _order_agreement(ranked: Sequence[Tuple[float, float]]) -> float:
