@@ -275,3 +275,21 @@ def test_vertebrae_mr_and_total_with_organs_are_recognised(tmp_path):
         labels = read_spine_labels(app.scene, app, path)
         assert labels.scheme == expected
         assert sorted(s.level for s in labels.structures.values() if s.kind == "vertebra") == sorted(["T12", "L1", "L2", "L3", "L4", "L5"])
+
+
+def test_spine_scene_reloads_with_the_marrow_rois_coloured_by_tier(phantom, tmp_path):
+    import slicer
+    from VertebralMarrowLib.core.classes import BY_KEY
+
+    out, rows = _spine(phantom, tmp_path, "totalspineseg")
+    app = new_scene()
+    app.scene.SetURL(str(out / "spine.mrml"))
+    assert app.scene.Import()
+    segmentations = [app.scene.GetNthNodeByClass(n, "vtkMRMLSegmentationNode")
+                     for n in range(app.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
+    marrow = next(node for node in segmentations if node.GetName() == "Vertebral marrow ROIs")
+    segments = marrow.GetSegmentation()
+    by_name = {segments.GetNthSegment(n).GetName(): segments.GetNthSegment(n) for n in range(segments.GetNumberOfSegments())}
+    for level, row in rows.items():
+        assert by_name[level].GetColor() == pytest.approx(BY_KEY[row["tier"]].rgba[:3], abs=1e-3), level
+    assert "L2-L3 disc" in by_name

@@ -74,6 +74,7 @@ class SpineResult:
     criteria: Dict[str, object]
     warnings: List[str]
     options: Options
+    segmentation: object              # the marrow ROIs (bodies and discs) as segments named by level
     disclaimer: str = DISCLAIMER
     version: str = __version__
 
@@ -380,7 +381,8 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
     }
     return SpineResult(rows=rows, discs=disc_rows, lesions=lesion_rows, reference=reference, scheme=labels.scheme,
                        adc_node=adc_node, adc_map=adc_map, marrow_on_adc=marrow, adc_source=adc_source,
-                       adc_units=adc_units, criteria=criteria, warnings=warnings, options=resolved)
+                       adc_units=adc_units, criteria=criteria, warnings=warnings, options=resolved,
+                       segmentation=segmentation)
 
 
 def _reference(rows: List[dict], discs: List[dict], settings: dict) -> Dict[str, object]:
@@ -467,7 +469,7 @@ def run_spine(labels_path, out_dir, adc=None, dwi: Sequence[Path] = (), bvalues:
     spine.html into `out_dir` (the `spine` command; also plain Python)."""
     from .inputs.study import load_dwi, load_dwi_dicom
     from .mrml import load_volume, new_scene
-    from .outputs.spine_report import write_spine_outputs
+    from .outputs.spine_report import write_spine_outputs, write_spine_scene
 
     given = [flag for flag, value in (("--adc", adc), ("--dwi", dwi), ("--dwi-dicom", dwi_dicom)) if value]
     if len(given) != 1:
@@ -489,4 +491,5 @@ def run_spine(labels_path, out_dir, adc=None, dwi: Sequence[Path] = (), bvalues:
     result = analyze_spine(scene, labels, adc=adc_node, dwi=dwi_nodes, bvalues=used_bvalues, t1=t1_node, fs=fs_node,
                            lesions=lesion_node, options=options, spine_options=spine_options, app=app, progress=progress)
     write_spine_outputs(result, out_dir)
+    write_spine_scene(scene, result, out_dir, [node for node in (t1_node, fs_node) if node is not None])
     return result

@@ -15,9 +15,11 @@ from typing import Dict, List
 import numpy as np
 
 from ..core.classes import BY_KEY
-from ..mrml import ijk_to_ras_of
+from ..mrml import ijk_to_ras_of, segment_ids, segment_name, write_node
 from ..spine_analysis import SPINE_COLUMNS, SpineResult
 
+SPINE_SCENE = "spine.mrml"
+SPINE_DATA = "spine-data"
 PLANE_STEP_MM = 1.0
 PLANE_MARGIN_MM = 25.0
 
@@ -187,3 +189,33 @@ outlier (against this patient's own spine), height_loss (body height below its n
 """
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def write_spine_scene(scene, result: SpineResult, out_dir, volumes=()) -> Path:
+    """spine.mrml: the ADC map, the given volumes and the marrow ROIs named by level and
+    coloured by tier (discs grey), their data under spine-data/."""
+    import slicer
+
+    out = Path(out_dir)
+    data = out / SPINE_DATA
+    data.mkdir(parents=True, exist_ok=True)
+    tiers = {row["level"]: row["tier"] for row in result.rows}
+    segmentation = result.segmentation.GetSegmentation()
+    for sid in segment_ids(result.segmentation):
+        tier = BY_KEY.get(tiers.get(segment_name(result.segmentation, sid), ""))
+        segmentation.GetSegment(sid).SetColor(*(tier.rgba[:3] if tier is not None else (0.6, 0.6, 0.6)))
+    for node in [result.adc_node, *volumes, result.segmentation]:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.GetName())
+        name = safe + (".seg.nrrd" if node.IsA("vtkMRMLSegmentationNode") else ".nrrd")
+        write_node(scene, node, data / name)
+        node.GetStorageNode().SetFileName(str(Path(SPINE_DATA) / name))
+    for view in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view)
+        composite.SetSingletonTag(view)
+        composite.SetBackgroundVolumeID((volumes[0] if volumes else result.adc_node).GetID())
+        scene.AddNode(composite)
+    scene.SetRootDirectory(str(out))
+    scene.SetURL(str(out / SPINE_SCENE))
+    scene.Commit()
+    return out / SPINE_SCENE
