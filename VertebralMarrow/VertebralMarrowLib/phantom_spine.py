@@ -107,9 +107,10 @@ def expected_marrow_adc(lesion_adc: Dict[str, float], normal_adc: float, erosion
     return expected
 
 
-def make_followup(out_dir, seed: int = 0) -> dict:
+def make_followup(out_dir, seed: int = 0, with_labels: bool = True) -> dict:
     """The follow-up time point of the phantom drawn with `seed` (the baseline's seed): scanner
-    ADC map, ROIs and ground truth (followup_truth.json) in `out_dir`."""
+    ADC map, ROIs, vertebra labels (unless `with_labels` is False: the anatomy is the
+    baseline's) and ground truth (followup_truth.json) in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     criteria = load_criteria()
@@ -144,7 +145,7 @@ def make_followup(out_dir, seed: int = 0) -> dict:
     for index, role in enumerate(roles):
         set_segment_role(segmentation, segmentation.GetSegmentation().GetNthSegmentID(index), role)
     write_node(app.scene, segmentation, out / "rois.seg.nrrd")
-    label_files = write_spine_labels(out)
+    label_files = write_spine_labels(out) if with_labels else {}
 
     responses = {lesion.segment: FOLLOWUP_RESPONSE.get(lesion.segment, "RAC3") for lesion in LESIONS}
     responses[NEW_LESION.segment] = "RAC5"

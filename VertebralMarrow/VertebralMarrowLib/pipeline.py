@@ -58,11 +58,11 @@ def _demo_spine_and_followup(out: Path, study_dir: Path, seed: int, files: Study
     labels = write_spine_labels(study_dir)["totalspineseg"]
     run_spine(labels, out, adc=files.adc, t1=files.t1, fs=files.fs, lesions=files.seg, progress=_scaled(progress, 0.0, 0.3))
     later = out / "followup-timepoint"
-    truth = make_followup(later / "study", seed)
+    truth = make_followup(later / "study", seed, with_labels=False)  # same anatomy: the baseline's labels
     names = truth["files"]
     run_analysis(StudyFiles(seg=later / "study" / names["seg"], adc=later / "study" / names["adc"]), Options(), later,
                  _scaled(progress, 0.3, 0.8))
-    run_spine(later / "study" / names["totalspineseg"], later, adc=later / "study" / names["adc"],
+    run_spine(labels, later, adc=later / "study" / names["adc"],
               lesions=later / "study" / names["seg"], progress=_scaled(progress, 0.8, 0.9))
     run_followup(out, later, out / "followup")
 
