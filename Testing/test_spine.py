@@ -293,3 +293,18 @@ def test_spine_scene_reloads_with_the_marrow_rois_coloured_by_tier(phantom, tmp_
     for level, row in rows.items():
         assert by_name[level].GetColor() == pytest.approx(BY_KEY[row["tier"]].rgba[:3], abs=1e-3), level
     assert "L2-L3 disc" in by_name
+
+
+def test_spine_fits_the_adc_from_dwi_like_the_scanner_map(phantom, tmp_path):
+    study = phantom[0]
+    _, scanner = _spine(phantom, tmp_path, "totalspineseg")
+    out = tmp_path / "dwi"
+    dwi = [str(study / f"dwi_b{b:04d}.nrrd") for b in (0, 50, 400, 800)]
+    assert main(["-q", "spine", "--labels", str(phantom[2]["totalspineseg"]), "--dwi", *dwi, "--bvalues", "0,50,400,800",
+                 "--out", str(out)]) == 0
+    with (out / "spine.csv").open() as handle:
+        fitted = {row["level"]: row for row in csv.DictReader(handle)}
+    for level, row in scanner.items():
+        # The same voxels; the scanner map is an OLS fit, the default fit is IWLS: close, not equal.
+        assert int(fitted[level]["n_voxels_adc"]) == int(row["n_voxels_adc"]), level
+        assert float(fitted[level]["adc_mean"]) == pytest.approx(float(row["adc_mean"]), rel=0.1), level

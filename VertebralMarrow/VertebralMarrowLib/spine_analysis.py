@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import slicer
+import vtk
 
 from . import DISCLAIMER, __version__
 from .analysis import StudyNodes, _adc
@@ -116,14 +118,10 @@ def read_spine_labels(scene, app, path, scheme: str = "auto", label_names: Optio
 
 def _segmentation_as_labels(scene, app, segmentation) -> Tuple[np.ndarray, np.ndarray, Dict[int, str]]:
     """A segmentation exported onto its own geometry: labels 1..n for its segments."""
-    import slicer
-
     ids = segment_ids(segmentation)
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     scene.AddNode(labelmap)
     logic = app.segmentations_logic if app is not None else slicer.modules.segmentations.logic()
-    import vtk
-
     id_array = vtk.vtkStringArray()
     for sid in ids:
         id_array.InsertNextValue(sid)
