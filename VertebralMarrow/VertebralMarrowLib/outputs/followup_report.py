@@ -97,8 +97,9 @@ def _plot(rows: List[dict], path: Path):
         axes.text(x, max(v for v in (before, after) if v is not None) + 0.05, row["response"] or row["status"],
                   ha="center", fontsize=7, color=colour)
     axes.set_xticks(range(len(shown)), [row["segment"] for row in shown], rotation=60, ha="right", fontsize=8)
-    axes.set_ylabel("mean ADC, 10^-3 mm^2/s (open: baseline, filled: follow-up)")
-    axes.set_title("Follow-up: ADC change and MET-RADS-P bone response category (ADC only)", fontsize=9)
+    axes.set_ylabel("mean ADC, 10^-3 mm^2/s")
+    axes.set_title("Follow-up: ADC change (open: baseline, filled: follow-up) and MET-RADS-P bone response "
+                   "category (ADC criteria only)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
