@@ -3,6 +3,7 @@ that opens in Slicer."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -106,7 +107,10 @@ def _show_in_slice_views(scene, study: StudyNodes, result: AnalysisResult, nodes
 
 
 def _file_name(node) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.GetName())
+    """A readable file name from the node's name: units in brackets left out ('VertebralMarrow
+    ADC (10^-3 mm^2/s)' -> 'VertebralMarrow_ADC'), any other run of odd characters one '_'."""
+    words = re.sub(r"\([^)]*\)", " ", node.GetName())
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "_", words).strip("_.") or "node"
     if node.IsA("vtkMRMLSegmentationNode"):
         return safe + ".seg.nrrd"
     if node.IsA("vtkMRMLColorTableNode"):
