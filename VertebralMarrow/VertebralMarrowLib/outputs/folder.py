@@ -20,8 +20,10 @@ SCENE_DATA = "scene-data"
 
 
 def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
-                        progress: Optional[Callable[[float, str], None]] = None) -> List[Path]:
-    """Write every output of the interface into `out_dir`; return the files written."""
+                        progress: Optional[Callable[[float, str], None]] = None,
+                        single_file_report: bool = False) -> List[Path]:
+    """Write every output of the interface into `out_dir`; return the files written.
+    `single_file_report` embeds the pictures in report.html."""
     from .pictures import plot_nodes, write_pictures
     from .report import write_report
 
@@ -47,7 +49,7 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
     written += [picture.path for picture in pictures]
 
     step(0.8, "report")
-    written.append(write_report(out / "report.html", result_document(result), pictures))
+    written.append(write_report(out / "report.html", result_document(result), pictures, single_file=single_file_report))
 
     step(0.9, "scene")
     adc_colors = adc_color_node(scene)
