@@ -27,6 +27,8 @@ ENTITY_KEYS = (
     "tuberculous_spondylitis",
     "myeloma_leukemia",
     "red_marrow_reconversion",
+    "bone_island",
+    "focal_fat",
 )
 
 
