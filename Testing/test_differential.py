@@ -100,7 +100,7 @@ def test_every_adc_number_has_its_source_and_verified_flag(criteria):
     # the numbers checked against the abstracts in this work
     for source in ("koutoulidis2017", "winfield2018", "cao2020", "palle2010", "panyaping2018", "colombo2021"):
         assert studies[source]["verified"] is True, source
-    assert criteria["ct"]["bone_island_min_hu"] == 885  # Ulano 2016 abstract
+    assert criteria["overriding_signs"]["bone_island_min_hu"]["value"] == 885  # Ulano 2016 abstract
 
 
 # --- cases an expert reads, from the literature --------------------------------------------------
@@ -313,3 +313,21 @@ def test_nothing_measured_favours_nothing_in_particular(criteria):
     check_well_formed(ranked)
     assert ranked[-1].entity == "red_marrow_reconversion"  # only the exclusion penalty acts
     assert "Ranking of the measured findings only, not a diagnosis." in ranked.headline
+
+
+def test_bone_island_threshold_and_bvalues_can_be_given(criteria):
+    sclerotic = F(None, "low", "low", "low", ct_mean_hu=950)
+    assert rank_differential(sclerotic, criteria)[0].entity == "bone_island"  # 950 >= Ulano's 885
+    assert "at or above 885 HU" in rank_differential(sclerotic, criteria).headline
+    assert "at or above" not in rank_differential(sclerotic, criteria, {"bone_island_min_hu": 1000}).headline
+    # an ADC from b up to 2000 is far from the b 800-1000 the published values were measured at
+    flagged = rank_differential(F(0.69, "low", "high", "high", bvalues=[0, 2000]), criteria)
+    assert "b up to 2000" in flagged.headline
+    assert "b up to" not in rank_differential(F(0.69, "low", "high", "high", bvalues=[0, 50, 800]), criteria).headline
+
+
+def test_seed_sentence_only_when_reconversion_is_favoured(criteria):
+    # normal-marrow ADC and T1 above disc, but a sclerotic CT (650 HU, Ulano's blastic mean)
+    ranked = rank_differential(F(0.45, "low", "low", "low", ct_mean_hu=650, t1_disc_ratio=1.3, adc_tier="marrow"), criteria)
+    assert ranked[0].entity != "red_marrow_reconversion"
+    assert SEED_SENTENCE not in ranked.headline and "myeloma not excluded" in ranked.headline

@@ -13,7 +13,8 @@ Method (numeric, no MRML; every number comes from the criteria dict, `criteria.l
      chemical-shift signal drop (or the analysis's own `fat_sign`) makes the lesion
      fat-containing: haemangioma and focal fat come first whatever the ADC. When T1 is low, the
      fat says "benign marrow with preserved fat" and the benign entities come first instead.
-   - density: CT at or above ct.bone_island_min_hu (885 HU, Ulano 2016) puts the bone island first.
+   - density: CT at or above overriding_signs.bone_island_min_hu (885 HU, Ulano 2016) puts the
+     bone island first.
    - heterogeneity: a heterogeneous ROI is weighed on its restricted component's ADC
      (`adc_restricted`), not on a mean pulled up by necrosis, fluid or a neighbouring disc.
    - no DWI signal over most of a lesion (sclerosis?) leaves its ADC unused: see CT.
@@ -34,8 +35,8 @@ Method (numeric, no MRML; every number comes from the criteria dict, `criteria.l
    myeloma not excluded".
 
 Every factor can be overridden with `options={name: value}` (names as in the criteria's
-"differential" section, plus "ct_sclerotic_min_hu" and "disable": a list of extra-criterion
-names to ignore).
+"differential" section, plus "ct_sclerotic_min_hu", "bone_island_min_hu" and "disable": a list
+of extra-criterion names to ignore).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 from .. import DISCLAIMER
 from ..core.criteria import ENTITY_KEYS
@@ -80,7 +81,7 @@ FACTOR_NAMES = (
     "possible_ratio",
     "no_dwi_signal_min_fraction",
 )
-OTHER_OPTIONS = ("ct_sclerotic_min_hu", "disable")
+OTHER_OPTIONS = ("ct_sclerotic_min_hu", "bone_island_min_hu", "disable")
 SQRT_2PI_LOG = 0.5 * math.log(2.0 * math.pi)
 # What settles red marrow against a low-burden infiltrate (clinical-reference.md, last section).
 TO_SETTLE = (
@@ -282,9 +283,13 @@ class _Params:
         if sclerotic is None:
             sclerotic = criteria["ct"]["sclerotic_min_hu"]
         self.ct_sclerotic_min_hu = _number(sclerotic, "ct_sclerotic_min_hu")
-        self.bone_island_min_hu = _number(criteria["ct"].get("bone_island_min_hu"), "ct bone_island_min_hu")
+        island = options.get("bone_island_min_hu")
+        if island is None:
+            island = criteria["overriding_signs"]["bone_island_min_hu"]["value"]
+        self.bone_island_min_hu = _number(island, "bone_island_min_hu")
         self.disable = set(options.get("disable") or ())
         self.section = section
+        self.bmax_range = [float(b) for b in section["published_bmax_range"]["value"]]
 
     def __getitem__(self, name: str) -> float:
         return self.values[name]
@@ -351,25 +356,28 @@ class _Reading:
         else:
             self.t1_above_disc = None
         self.fat = fat_sign(findings, criteria)
+        bvalues = [_number(b, "b-value") for b in (findings.bvalues or ())]
+        self.bmax = max(bvalues) if bvalues else None
 
 
 def fat_sign(findings: LesionFindings, criteria: dict) -> Optional[str]:
     """Why the lesion contains fat, or None: the analysis's own `fat_sign` when given, else
-    T1 clearly above normal marrow (t1_signal 'high'), a Dixon fat fraction above Schmeel's
-    cut-off or a chemical-shift signal drop (opposed/in-phase at or below Zajick's ratio)."""
+    T1 clearly above normal marrow (t1_signal 'high'), a Dixon fat fraction at or above
+    overriding_signs.fat_fraction_min_percent (Schmeel 2018) or a chemical-shift signal drop
+    below overriding_signs.chemical_shift_drop_below (Zajick 2005, unverified)."""
     if findings.fat_sign:
         return str(findings.fat_sign)
-    extras = criteria.get("extra_criteria") or {}
+    signs = criteria["overriding_signs"]
     if _sign(findings.t1_signal, "t1_signal") == "high":
         return "T1 above normal marrow"
     fraction = _number(findings.fat_fraction_percent, "fat fraction (%)")
-    dixon = (extras.get("fat_fraction_percent") or {}).get("malignant_below")
-    if fraction is not None and dixon is not None and fraction > float(dixon):
-        return f"Dixon fat fraction {fraction:.1f} above {float(dixon):.2f} ({_cite('schmeel2018')})"
+    dixon = float(signs["fat_fraction_min_percent"]["value"])
+    if fraction is not None and fraction >= dixon:
+        return f"Dixon fat fraction {fraction:.1f} at or above {dixon:.2f} ({_cite('schmeel2018')})"
     ratio = _number(findings.chemical_shift_ratio, "chemical-shift ratio")
-    zajick = (extras.get("chemical_shift_ratio") or {}).get("malignant_above")
-    if ratio is not None and zajick is not None and 0 <= ratio <= float(zajick):
-        return f"chemical-shift signal drop (opposed/in-phase {ratio:.2f} <= {float(zajick):.2f}, {_cite('zajick2005')}, unverified)"
+    drop = float(signs["chemical_shift_drop_below"]["value"])
+    if ratio is not None and 0 <= ratio < drop:
+        return f"chemical-shift signal drop (opposed/in-phase {ratio:.2f} below {drop:.2f}, {_cite('zajick2005')}, unverified)"
     return None
 
 
@@ -694,7 +702,7 @@ def _extra_threshold(raw, attribute, label, cite, spec, tallies) -> None:
 # the signs that come first, the words and the reading
 
 
-def _first_signs(reading: _Reading, tallies, params, criteria):
+def _first_signs(reading: _Reading, tallies, params):
     """The overriding signs in a radiologist's order: (sign sentences, entities put first,
     the best word left to every other entity)."""
     signs, promoted, cap = [], set(), None
@@ -717,7 +725,7 @@ def _first_signs(reading: _Reading, tallies, params, criteria):
         for tally in tallies:
             if tally.key not in promoted:
                 tally.contradicts.insert(0, f"fat preserved ({reading.fat}) argues against {tally.short} (infiltration replaces fat)")
-    elif reading.hu is not None and params.bone_island_min_hu is not None and reading.hu >= params.bone_island_min_hu:
+    elif reading.hu is not None and reading.hu >= params.bone_island_min_hu:
         promoted = {"bone_island"}
         signs.append(f"CT {reading.hu:.0f} HU at or above {params.bone_island_min_hu:.0f} HU: favours a bone island "
                      f"({_cite('ulano2016')}); a blastic metastasis is less likely but CT thresholds are less "
@@ -728,6 +736,10 @@ def _first_signs(reading: _Reading, tallies, params, criteria):
           and reading.signs.get("t1") == "low" and reading.signs.get("t2") == "low"):
         signs.append(f"Sclerotic lesion, CT {reading.hu:.0f} HU below {params.bone_island_min_hu:.0f} HU with T1 and T2 low: "
                      f"favours a blastic metastasis over a bone island ({_cite('ulano2016')}).")
+    low, high = params.bmax_range
+    if reading.bmax is not None and reading.adc is not None and not low <= reading.bmax <= high:
+        signs.append(f"ADC from b up to {reading.bmax:g} s/mm²: the published entity values were measured at "
+                     f"maximum b {low:g}-{high:g}; read the words with care.")
     if reading.no_dwi:
         signs.append(f"No DWI signal in {reading.no_dwi_fraction:.2f} of the voxels (sclerosis?): ADC not used, see CT.")
     if reading.heterogeneous and reading.adc_restricted is not None and not reading.no_dwi:
@@ -790,7 +802,11 @@ def _headline(reading: _Reading, signs: list, candidates: list, promoted: set) -
     parts = list(signs)
     if reading.tier == "marrow" and not promoted:
         start = "ADC within the normal-marrow range, no diffusion evidence of infiltration; "
-        if reading.t1_above_disc:
+        reconversion = next(c for c in candidates if c.entity == "red_marrow_reconversion")
+        if reading.t1_above_disc and reconversion.likelihood != WORDS[0]:
+            parts.append(start + f"T1 above disc favours red marrow ({_cite('carroll1997')}), but the other findings "
+                         f"favour {candidates[0].label}; myeloma not excluded.")
+        elif reading.t1_above_disc:
             parts.append(start + "favours reconverted marrow; myeloma not excluded. What would settle it: "
                          + ", ".join(TO_SETTLE) + ".")
         elif reading.t1_above_disc is False:
@@ -828,7 +844,7 @@ def rank_differential(findings: LesionFindings, criteria: dict, options: Optiona
     tallies = [_Tally(key, entities[key]) for key in ENTITY_KEYS]
     reading = _Reading(findings, params, criteria)
 
-    signs, promoted, cap = _first_signs(reading, tallies, params, criteria)
+    signs, promoted, cap = _first_signs(reading, tallies, params)
     _patterns(reading, tallies, params)
     _no_dwi(reading, tallies, params)
     _ct(reading, tallies, params, criteria)
