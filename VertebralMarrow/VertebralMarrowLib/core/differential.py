@@ -240,9 +240,11 @@ def pooled_adc(spec: dict, between_sd_min: float):
 
 
 def _adc_sources(spec: dict) -> str:
-    studies = spec.get("studies") or [spec]
+    """The studies behind an ADC spec, or for a derived range the sources it was derived from."""
+    if not spec.get("studies") and spec.get("based_on"):
+        return "derived from " + ", ".join(_cite(key) for key in spec["based_on"])
     names = []
-    for study in studies:
+    for study in spec.get("studies") or [spec]:
         name = _cite(study.get("source"))
         if name and name != "project" and name not in names:
             names.append(name)
