@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_setting(analyze, name)
     analyze.add_argument("--criteria", type=Path,
                          help="a criteria file of your own (a copy of VertebralMarrowLib/core/criteria.json with your numbers)")
+    analyze.add_argument("--single-file-report", action="store_true",
+                         help="report.html with its pictures inside (one file to mail or archive)")
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
 
     adc = commands.add_parser("adc", help="fit the ADC map alone (float32, 10^-3 mm^2/s, on the DWI grid)")
@@ -199,7 +201,7 @@ def _analyze(args, progress):
 
     options = Options(criteria_path=args.criteria, reference_segments=tuple(args.reference),
                       **{setting.name: getattr(args, setting.name) for setting in SETTINGS})
-    return run_analysis(_study_files(args), options, args.out, progress)
+    return run_analysis(_study_files(args), options, args.out, progress, single_file_report=args.single_file_report)
 
 
 def _fit_only(args, progress) -> int:
