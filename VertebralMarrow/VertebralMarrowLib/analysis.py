@@ -323,10 +323,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
         )
         candidates = rank_differential(findings, options.criteria, {"ct_sclerotic_min_hu": options.ct_sclerotic_min_hu})
         differential = ";".join(candidate.entity for candidate in candidates)
-        detail["differential"] = [
-            {"entity": c.entity, "label": c.label, "score": round(c.score, 4), "fits": c.fits, "contradicts": c.contradicts}
-            for c in candidates
-        ]
+        detail["differential"] = [candidate.as_dict() for candidate in candidates]
         detail["differential_summary"] = summarize(candidates)
         detail["findings"] = {k: v for k, v in findings.__dict__.items() if v is not None}
 
