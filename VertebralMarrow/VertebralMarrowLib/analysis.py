@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import DISCLAIMER, __version__
-from .core.adc import decide_adc_units, fit_adc_volume, select_bvalues, trace_weighted
+from .core.adc import decide_adc_units, fit_adc_volume, group_shells, select_bvalues
 from .core.criteria import Options, ResolvedOptions
 from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
@@ -220,7 +220,8 @@ def _adc(scene, study: StudyNodes, options: ResolvedOptions, warnings: List[str]
     adc_node = volume_from_array(scene, adc_map, grid, "ADC (fitted)")
     adc_node.SetAndObserveTransformNodeID(study.dwi[0].GetTransformNodeID())  # where the DWI really is
     adc_node.SetAttribute("VertebralMarrow.Units", "1e-3 mm2/s")
-    dropped = sorted(set(float(b) for b in study.bvalues) - set(bvalues))
+    dropped = sorted({float(b) for b in study.bvalues if (options.bmin is not None and b < options.bmin)
+                      or (options.bmax is not None and b > options.bmax)})
     if dropped:
         warnings.append(f"b-values left out of the fit: {', '.join(f'{b:g}' for b in dropped)} s/mm^2")
     method = "iteratively reweighted log-linear least squares" if options.fit_method == "iwls" else "ordinary log-linear least squares"
@@ -230,8 +231,9 @@ def _adc(scene, study: StudyNodes, options: ResolvedOptions, warnings: List[str]
 
 def fit_dwi_nodes(nodes: Sequence[object], bvalues: Sequence[float], method: str, bmin: Optional[float],
                   bmax: Optional[float], progress: Optional[Callable[[float, str], None]] = None):
-    """ADC map (10^-3 mm^2/s, on the grid of nodes[0]) and the b-values used, from DWI nodes:
-    b-values outside [bmin, bmax] left out, repeated b-values combined into the trace."""
+    """ADC map (10^-3 mm^2/s, on the grid of nodes[0]) and the b-values (shells) used, from DWI
+    nodes' own arrays: b-values outside [bmin, bmax] left out, images of one shell combined
+    into the trace inside the fit."""
     if len(nodes) != len(bvalues):
         raise InputError(f"{len(nodes)} DWI volumes but {len(bvalues)} b-values; give one b-value per volume")
     kept = select_bvalues(bvalues, bmin, bmax)
@@ -240,8 +242,9 @@ def fit_dwi_nodes(nodes: Sequence[object], bvalues: Sequence[float], method: str
         if (array_of(node).shape != shape or not np.allclose(ijk_to_ras_of(node), grid, atol=1e-3)
                 or node.GetTransformNodeID() != nodes[0].GetTransformNodeID()):
             raise InputError(f"DWI volume '{node.GetName()}' is not on the grid of '{nodes[0].GetName()}'; all b-values must share one grid")
-    volumes, used = trace_weighted([array_of(nodes[i]) for i in kept], [bvalues[i] for i in kept])
-    return fit_adc_volume(volumes, used, method, progress=progress), used
+    used = [bvalues[i] for i in kept]
+    adc = fit_adc_volume([array_of(nodes[i]) for i in kept], used, method, progress=progress)
+    return adc, group_shells(used)[0]
 
 
 def _per_segment(on_grid, statistics) -> Dict[str, object]:

@@ -20,6 +20,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
+from .inputs.dwi_files import ijk_to_ras_of_sitk
 
 ROLE_TAG = "VertebralMarrow.Role"
 ROLES = ("lesion", "reference", "disc", "muscle", "ignore")
@@ -110,16 +111,9 @@ def read_image_sitk(path, what: str = "image") -> Tuple[np.ndarray, np.ndarray]:
     except RuntimeError as exc:
         raise InputError(f"cannot read {what} {path}: {str(exc).strip().splitlines()[-1]}") from None
     array = sitk.GetArrayFromImage(image)
-    dimension = image.GetDimension()
-    if dimension == 4:
+    if image.GetDimension() == 4:
         array = np.moveaxis(array, 0, -1)  # (t, k, j, i) -> (k, j, i, t)
-    spacing = np.array(image.GetSpacing()[:3], float)
-    origin = np.array(image.GetOrigin()[:3], float)
-    direction = np.array(image.GetDirection(), float).reshape(dimension, dimension)[:3, :3]
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    ijk_to_ras = np.eye(4)
-    ijk_to_ras[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
-    ijk_to_ras[:3, 3] = lps_to_ras @ origin
+    ijk_to_ras = ijk_to_ras_of_sitk(image)
     return array, ijk_to_ras
 
 
