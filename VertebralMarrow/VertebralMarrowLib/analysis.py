@@ -81,6 +81,8 @@ class AnalysisResult:
     options: ResolvedOptions
     inputs: Dict[str, str]
     rois_on_adc: SegmentsOnGrid      # the measured segments on the ADC grid, for pictures
+    # the same on every other volume's grid, by node ID: pictures reuse them, never re-export
+    rois_on_grids: Dict[str, SegmentsOnGrid] = field(default_factory=dict)
     disclaimer: str = DISCLAIMER
     version: str = __version__
 
@@ -132,6 +134,7 @@ def analyze(
             warnings.append(f"ROI '{names[sid]}': {stats['n_nonfinite']} voxels have no ADC (0 or not fitted) and are left out")
 
     signal_means: Dict[str, Dict[str, tuple]] = {}
+    on_grids: Dict[str, SegmentsOnGrid] = {}
     optional_volumes = [
         ("t1", study.t1, "T1"), ("t2", study.t2, "T2"), ("fs", study.fs, "FS-T2/STIR"), ("ct", study.ct, "CT"),
         ("in_phase", study.in_phase, "in-phase"), ("opposed_phase", study.opposed_phase, "opposed-phase"),
@@ -140,7 +143,7 @@ def analyze(
     present = [entry for entry in optional_volumes if entry[1] is not None]
     for index, (key, node, label) in enumerate(present):
         step(0.5 + 0.3 * index / max(len(present), 1), f"ROIs on {label}")
-        on_grid = segments_on_grid(scene, app, segmentation, measured, node)
+        on_grid = on_grids[node.GetID()] = segments_on_grid(scene, app, segmentation, measured, node)
         values = array_of(node)
         means = _per_segment(on_grid, lambda labels: roi_means(values, labels))
         _check_coverage(on_grid, {sid: {"n": m[1]} for sid, m in means.items()}, names, label, resolved.min_voxels, warnings)
@@ -180,7 +183,7 @@ def analyze(
     return AnalysisResult(
         rows=rows, segments=details, adc_node=adc_node, adc_map=adc_map, overlay=overlay,
         adc_source=adc_source, adc_units=adc_units, bvalues_used=bvalues_used,
-        warnings=warnings, options=resolved, inputs=inputs, rois_on_adc=on_adc,
+        warnings=warnings, options=resolved, inputs=inputs, rois_on_adc=on_adc, rois_on_grids=on_grids,
     )
 
 

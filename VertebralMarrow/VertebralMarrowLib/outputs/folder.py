@@ -20,7 +20,8 @@ SCENE_DATA = "scene-data"
 def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
                         progress: Optional[Callable[[float, str], None]] = None) -> List[Path]:
     """Write every output of the interface into `out_dir`; return the files written."""
-    from .pictures import plot_nodes, write_pictures
+    from .charts import plot_nodes
+    from .figures import write_pictures
     from .report import write_report
 
     out = Path(out_dir)
@@ -42,7 +43,7 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
 
     step(0.2, "snapshots and plots")
     pictures = write_pictures(scene, study, result, overlay, out, progress=lambda f, t: step(0.2 + 0.6 * f, t))
-    written += [picture.path for picture in pictures]
+    written += [picture.path for picture in pictures if picture.path is not None]
 
     step(0.8, "report")
     written.append(write_report(out / "report.html", result_document(result), pictures))
