@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_adc.py
+	$(BIN)/python bench/bench_analyze.py
 	$(BIN)/python bench/bench_stats.py
 
 clean:
