@@ -337,15 +337,18 @@ def write_summary_plot(result, path: Path) -> Picture:
         axes.plot([mean, mean], [-y - 0.31, -y + 0.31], color="#444444", linewidth=1.2)
         ticks.append(-y)
         labels.append(entity["label"])
+    points: Dict[tuple, list] = {}  # one errorbar call per colour, not per ROI
     for n, row in enumerate(rows):  # then the ROIs measured here, in the table's order
         y = -(len(entities) - 1 + gap + n)
-        color = _roi_color(row)
         sd = row["adc_sd"] or 0.0
-        axes.errorbar(row["adc_mean"], y, xerr=sd, fmt="o", color=color, ecolor=color, markersize=7, capsize=3,
-                      linewidth=1.4, markeredgecolor="#222222")
+        points.setdefault(_roi_color(row), []).append((row["adc_mean"], y, sd))
         axes.text(row["adc_mean"] + sd + 0.04, y, _num(row["adc_mean"]), fontsize=8, va="center", color="#333333")
         ticks.append(y)
         labels.append(_plain(row["segment"]))
+    for color, values in points.items():
+        x, y, sd = (list(v) for v in zip(*values))
+        axes.errorbar(x, y, xerr=sd, fmt="o", color=color, ecolor=color, markersize=7, capsize=3,
+                      linewidth=1.4, markeredgecolor="#222222")
     axes.set_yticks(ticks)
     axes.set_yticklabels(labels, fontsize=9)
     split = -(len(entities) - 1 + gap / 2)
