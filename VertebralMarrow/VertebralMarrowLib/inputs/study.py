@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
+from ..core.sequences import SEQUENCES
 from ..errors import InputError
 from .dwi_files import read_dwi_files
 
@@ -82,11 +83,10 @@ def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
         study.dwi, study.bvalues = load_dwi(scene, files.dwi, files.bvalues)
     else:
         study.dwi, study.bvalues = load_dwi_dicom(scene, files.dwi_dicom)
-    for key, what in (("t1", "T1"), ("t2", "T2"), ("fs", "FS-T2/STIR"), ("ct", "CT"),
-                      ("in_phase", "in-phase"), ("opposed_phase", "opposed-phase"), ("fat_fraction", "fat fraction")):
-        path = getattr(files, key)
+    for sequence in SEQUENCES:
+        path = getattr(files, sequence.key)
         if path is not None:
-            setattr(study, key, load_volume(scene, path, what))
+            setattr(study, sequence.key, load_volume(scene, path, sequence.label))
     return study
 
 
