@@ -391,7 +391,7 @@ def test_report_opens_with_the_summary_and_warnings_in_readable_words(run):
 
 
 def test_single_file_report_embeds_its_pictures(run, tmp_path):
-    from VertebralMarrowLib.outputs.pictures import Picture
+    from VertebralMarrowLib.outputs.rendering import Picture
 
     document = json.loads((run.out / "results.json").read_text(encoding="utf-8"))
     pictures = [Picture(path=path, kind="snapshot", segment="", caption=path.name) for path in sorted(run.out.glob("*.png"))[:2]]
