@@ -143,8 +143,14 @@ def test_4d_files_read_as_simpleitk_reads_them(dwi_files, kind, mapped):
     for got, expected in zip(dwi.volumes, volumes):
         np.testing.assert_array_equal(got, expected)
         assert isinstance(got, np.memmap) == mapped
-    reference = sitk.ReadImage(str(paths["nii.gz"]))
-    assert np.allclose(dwi.ijk_to_ras[:3, 3], np.diag([-1, -1, 1]) @ np.array(reference.GetOrigin()[:3]))
+    # the oblique grid as SimpleITK reads the header (LPS -> RAS here, independently)
+    reference = sitk.ReadImage(str(paths[kind]))
+    dimension = reference.GetDimension()
+    direction = np.array(reference.GetDirection()).reshape(dimension, dimension)[:3, :3]
+    expected = np.eye(4)
+    expected[:3, :3] = np.diag([-1, -1, 1]) @ direction @ np.diag(reference.GetSpacing()[:3])
+    expected[:3, 3] = np.diag([-1, -1, 1]) @ np.array(reference.GetOrigin()[:3])
+    np.testing.assert_allclose(dwi.ijk_to_ras, expected, atol=1e-5)
 
 
 def run_adc(*args, check_modules=False):

@@ -181,7 +181,7 @@ def main(argv=None):
         print(f"{'':34s} {'seconds':>8s} {'Mvoxel/s':>9s} {'RMSE':>7s} {'NaN %':>6s}")
         rows = {}
         for method in ("iwls", "ols"):
-            out = scratch / f"adc_{method}.nii"
+            out = scratch / f"adc_{method}.nrrd"  # uncompressed, as dwi2adc writes its .nii
             seconds = best_of(args.repeat, command + ["--dwi", str(dwi), "--method", method, "--out", str(out)], env)
             rows[method] = (seconds,) + rmse(read_map(out), truth)
         if dwi2adc:

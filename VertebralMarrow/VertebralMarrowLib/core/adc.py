@@ -339,8 +339,7 @@ def _fit_chunk(plan: _FitPlan, sources, start: int, stop: int, buffers: _Buffers
     voxel as if all its samples were usable, then refit the few that are not."""
     n = stop - start
     y = buffers.log_signal[:, :n]
-    sample, total = buffers.vectors[0, :n], buffers.vectors[1, :n]
-    good = buffers.good[:n]
+    sample, good = buffers.vectors[0, :n], buffers.good[:n]
     with np.errstate(all="ignore"):
         for shell, indices in enumerate(plan.members):
             if len(indices) == 1:  # passed through: 0 gives -inf and < 0 NaN, both unusable
@@ -352,17 +351,17 @@ def _fit_chunk(plan: _FitPlan, sources, start: int, stop: int, buffers: _Buffers
                 np.log(sample, out=sample)
                 y[shell] += sample
             y[shell] *= plan.dtype(1.0 / len(indices))
-        np.sum(y, axis=0, out=total)
-        np.isfinite(total, out=good)  # every sample usable: a non-finite log poisons the sum
-        _fit_complete(plan, y, buffers, n, out)
+        _fit_complete(plan, y, buffers, n, out, good)
         if not good.all():
             bad = np.flatnonzero(~good)
             out[bad] = _fit_masked(plan, y[:, bad])
 
 
-def _fit_complete(plan: _FitPlan, y: np.ndarray, buffers: _Buffers, n: int, out: np.ndarray) -> None:
+def _fit_complete(plan: _FitPlan, y: np.ndarray, buffers: _Buffers, n: int, out: np.ndarray, good: np.ndarray) -> None:
     """The fit of voxels whose samples are all usable (others get values to be replaced):
-    OLS, then weighted refits with weights S^2 of the fitted signal."""
+    OLS, then weighted refits with weights S^2 of the fitted signal. `good` is set where every
+    sample is usable: a non-finite log makes the OLS slope non-finite (every shell's
+    coefficient multiplies y - y0, and inf - inf, 0 * inf are NaN)."""
     w = buffers.weight[:, :n]
     slope, peak, sxx, ww, dy = buffers.vectors[1:6, :n]
     slope.fill(0)
@@ -370,6 +369,7 @@ def _fit_complete(plan: _FitPlan, y: np.ndarray, buffers: _Buffers, n: int, out:
         np.subtract(y[shell], y[0], out=dy)
         dy *= plan.ols[shell]
         slope += dy
+    np.isfinite(slope, out=good)
     for _ in range(plan.reweights):
         # log w = 2 slope (x - x_lowest), less its largest value (at the lowest or highest b)
         np.multiply(slope, plan.twice_x[-1], out=peak)

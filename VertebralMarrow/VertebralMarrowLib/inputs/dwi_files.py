@@ -78,26 +78,19 @@ def read_dwi_files(paths: Sequence[Path], bvalues: Sequence[float]) -> DwiFiles:
 def open_image(path: Path, what: str) -> Tuple[List[np.ndarray], np.ndarray, list]:
     """The 3-D volumes (k, j, i) in an image file (one, or one per entry of its fourth or
     vector axis), its IJK-to-RAS matrix, and what must stay alive for the views."""
-    import SimpleITK as sitk
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} file not found: {path}")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    mapped = _memory_map(path)
+    if mapped is not None:  # uncompressed NIfTI-1 or raw NRRD: read here, SimpleITK not even imported
+        return mapped[0], mapped[1], []
+    import SimpleITK as sitk
+
     try:
-        reader.ReadImageInformation()
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"cannot read {what} {path}: {str(exc).strip().splitlines()[-1]}") from None
-    ijk_to_ras = ijk_to_ras_of_sitk(reader)
-    spatial = tuple(reader.GetSize()[:3])[::-1]
-    mapped = _memory_map(path, spatial)
-    if mapped is not None:
-        return mapped, ijk_to_ras, []
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"cannot read {what} {path}: {str(exc).strip().splitlines()[-1]}") from None
+    ijk_to_ras = ijk_to_ras_of_sitk(image)
     array = sitk.GetArrayViewFromImage(image)
     if image.GetDimension() == 4:  # (t, k, j, i)
         volumes = list(array)
@@ -167,19 +160,22 @@ def bval_sidecar(path: Path) -> Optional[Path]:
 
 
 # --- memory maps ----------------------------------------------------------------------------
+# Uncompressed NIfTI-1 and raw NRRD, header and geometry read here; anything unusual (scaled
+# NIfTI, qform and sform that disagree, NRRD spaces other than RAS/LPS, detached lists) is left
+# to SimpleITK, so the geometry is always the one ITK (and so Slicer) gives.
 
 
-def _memory_map(path: Path, spatial_kji: tuple) -> Optional[List[np.ndarray]]:
-    """Volumes mapped straight from the file where the format allows it, else None."""
+def _memory_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
+    """(volumes, IJK-to-RAS) mapped straight from the file where the format allows, else None."""
     name = path.name.lower()
     if name.endswith(".nii"):
-        return _nifti_map(path, spatial_kji)
+        return _nifti_map(path)
     if name.endswith((".nrrd", ".nhdr")):
-        return _nrrd_map(path, spatial_kji)
+        return _nrrd_map(path)
     return None
 
 
-def _nifti_map(path: Path, spatial_kji: tuple) -> Optional[List[np.ndarray]]:
+def _nifti_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
     with open(path, "rb") as handle:
         header = handle.read(348)
     if len(header) < 348:
@@ -188,19 +184,50 @@ def _nifti_map(path: Path, spatial_kji: tuple) -> Optional[List[np.ndarray]]:
         if struct.unpack(endian + "i", header[:4])[0] == 348:
             break
     else:
-        return None  # NIfTI-2 or not NIfTI: SimpleITK reads it
+        return None  # NIfTI-2 or not NIfTI
     dims = struct.unpack(endian + "8h", header[40:56])
     datatype = struct.unpack(endian + "h", header[70:72])[0]
+    pixdim = struct.unpack(endian + "8f", header[76:108])
     offset, slope, intercept = struct.unpack(endian + "3f", header[108:120])
     scaled = slope not in (0.0, 1.0) or (slope != 0.0 and intercept != 0.0)
-    if datatype not in _NIFTI_TYPES or scaled or dims[0] not in (3, 4) or tuple(dims[1:4])[::-1] != spatial_kji:
+    if datatype not in _NIFTI_TYPES or scaled or dims[0] not in (3, 4):
+        return None
+    ijk_to_ras = _nifti_grid(header, endian, pixdim)
+    if ijk_to_ras is None:
         return None
     shape = tuple(dims[1:dims[0] + 1])[::-1]  # x fastest on disk
     mapped = np.memmap(path, np.dtype(endian + _NIFTI_TYPES[datatype]), "r", int(offset), shape)
-    return list(mapped) if dims[0] == 4 else [mapped]
+    return (list(mapped) if dims[0] == 4 else [mapped]), ijk_to_ras
 
 
-def _nrrd_map(path: Path, spatial_kji: tuple) -> Optional[List[np.ndarray]]:
+def _nifti_grid(header: bytes, endian: str, pixdim) -> Optional[np.ndarray]:
+    """IJK-to-RAS (NIfTI's world is RAS) from the sform or the qform; None when neither is set
+    or they disagree (ITK's choice between them is then SimpleITK's to make)."""
+    qform_code, sform_code = struct.unpack(endian + "2h", header[252:256])
+    b, c, d, *offset = struct.unpack(endian + "6f", header[256:280])
+    grids = []
+    if sform_code > 0:
+        sform = np.eye(4)
+        sform[:3] = np.array(struct.unpack(endian + "12f", header[280:328]), float).reshape(3, 4)
+        grids.append(sform)
+    if qform_code > 0:
+        a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+        rotation = np.array([
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ])
+        qfac = -1.0 if pixdim[0] < 0 else 1.0
+        qform = np.eye(4)
+        qform[:3, :3] = rotation @ np.diag([pixdim[1], pixdim[2], qfac * pixdim[3]])
+        qform[:3, 3] = offset
+        grids.append(qform)
+    if not grids or (len(grids) == 2 and not np.allclose(grids[0], grids[1], atol=1e-4)):
+        return None
+    return grids[0]
+
+
+def _nrrd_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
     with open(path, "rb") as handle:
         head = handle.read(1 << 16)
     if not head.startswith(b"NRRD"):
@@ -228,16 +255,38 @@ def _nrrd_map(path: Path, spatial_kji: tuple) -> Optional[List[np.ndarray]]:
         data_path, offset = path, end + 2
     else:
         return None
-    endian = "<" if fields.get("endian", "little").lower() == "little" else ">"
     kinds = fields.get("kinds", "").lower().split()
     other = [n for n, kind in enumerate(kinds) if kind not in _SPATIAL_KINDS] if len(kinds) == len(sizes) else []
     if len(sizes) == 4 and len(other) != 1:
-        other = [3]  # no kinds: the fourth axis is the list, as SimpleITK reads it
-    spatial = [size for n, size in enumerate(sizes) if n not in other]
-    if tuple(spatial[::-1]) != spatial_kji or not data_path.is_file():
         return None
+    ijk_to_ras = _nrrd_grid(fields, [n for n in range(len(sizes)) if n not in other])
+    if ijk_to_ras is None or not data_path.is_file():
+        return None
+    endian = "<" if fields.get("endian", "little").lower() == "little" else ">"
     mapped = np.memmap(data_path, np.dtype(endian + code), "r", offset, tuple(sizes[::-1]))
     if len(sizes) == 3:
-        return [mapped]
-    axis = 3 - other[0]  # numpy axes run slowest first
-    return list(np.moveaxis(mapped, axis, 0))
+        return [mapped], ijk_to_ras
+    axis = len(sizes) - 1 - other[0]  # numpy axes run slowest first
+    return list(np.moveaxis(mapped, axis, 0)), ijk_to_ras
+
+
+def _nrrd_grid(fields: dict, spatial_axes: List[int]) -> Optional[np.ndarray]:
+    """IJK-to-RAS from NRRD's space, space directions and space origin (LPS or RAS only)."""
+    space = fields.get("space", "").lower()
+    flip = {"left-posterior-superior": LPS_TO_RAS, "lps": LPS_TO_RAS,
+            "right-anterior-superior": np.eye(3), "ras": np.eye(3)}.get(space)
+    vectors = re.findall(r"\(([^)]*)\)|none", fields.get("space directions", ""))
+    origin = re.findall(r"\(([^)]*)\)", fields.get("space origin", ""))
+    if flip is None or len(origin) != 1 or len(vectors) != len(fields.get("sizes", "").split()):
+        return None
+    try:
+        columns = [np.array([float(v) for v in vectors[axis].split(",")]) for axis in spatial_axes]
+        start = np.array([float(v) for v in origin[0].split(",")])
+    except (ValueError, IndexError):
+        return None
+    if any(column.size != 3 for column in columns) or start.size != 3:
+        return None
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = flip @ np.column_stack(columns)
+    ijk_to_ras[:3, 3] = flip @ start
+    return ijk_to_ras
