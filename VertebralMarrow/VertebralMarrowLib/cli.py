@@ -151,15 +151,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _quiet_native_logs(command: str) -> None:
     """VTK's and ITK's own messages ("removing old version of file", coloured ERR| lines) are
     noise on a command line: the library's errors report every failure the analysis can
-    meet. -v keeps them. `adc` runs without vtk, so only SimpleITK is quietened there."""
+    meet. -v keeps them. `adc` runs without vtk, so only SimpleITK is quietened there, if used."""
+    if command == "adc":  # SimpleITK is imported only if a file needs it: quietened then
+        from .inputs.dwi_files import quiet_simpleitk
+
+        quiet_simpleitk()
+        return
     import SimpleITK
 
-    SimpleITK.ProcessObject.GlobalWarningDisplayOff()
-    if command != "adc":
-        import vtk
+    import vtk
 
-        vtk.vtkObject.GlobalWarningDisplayOff()
-        vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    SimpleITK.ProcessObject.GlobalWarningDisplayOff()
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
 
 
 def _with_flag(exc: InputError) -> str:

@@ -36,6 +36,23 @@ _NRRD_TYPE_OF = {name: code for code, names in _NRRD_TYPES.items() for name in n
 _SPATIAL_KINDS = {"domain", "space"}
 
 
+_QUIET_SIMPLEITK: list = []
+
+
+def quiet_simpleitk() -> None:
+    """Silence ITK's own warnings whenever SimpleITK gets imported (the command line's default;
+    the `adc` command imports it only when a file needs it)."""
+    _QUIET_SIMPLEITK.append(True)
+
+
+def simpleitk():
+    import SimpleITK
+
+    if _QUIET_SIMPLEITK:
+        SimpleITK.ProcessObject.GlobalWarningDisplayOff()
+    return SimpleITK
+
+
 @dataclass
 class DwiFiles:
     """DWI images (k, j, i) on one grid, one per b-value (s/mm^2), as maps or views."""
@@ -84,7 +101,7 @@ def open_image(path: Path, what: str) -> Tuple[List[np.ndarray], np.ndarray, lis
     mapped = _memory_map(path)
     if mapped is not None:  # uncompressed NIfTI-1 or raw NRRD: read here, SimpleITK not even imported
         return mapped[0], mapped[1], []
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     try:
         image = sitk.ReadImage(str(path))
@@ -127,9 +144,7 @@ def bvalues_from_metadata(path: Path, count: int) -> List[float]:
             raise InputError(f"{sidecar} lists {len(values)} b-values but {path} has {count} volumes; "
                              "give one b-value per volume (or --bvalues)")
         return values
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
+    reader = simpleitk().ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     keys = set(reader.GetMetaDataKeys())

@@ -62,8 +62,9 @@ def _write_nrrd(path: Path, array: np.ndarray, ijk_to_ras: np.ndarray, content: 
 
 
 def _write_sitk(path: Path, array: np.ndarray, ijk_to_ras: np.ndarray, content: str, compress: bool) -> None:
-    import SimpleITK as sitk
+    from ..inputs.dwi_files import simpleitk
 
+    sitk = simpleitk()
     image = sitk.GetImageFromArray(np.asarray(array, np.float32))
     ijk_to_lps = np.diag([-1.0, -1.0, 1.0]) @ ijk_to_ras[:3, :3]
     spacing = np.linalg.norm(ijk_to_lps, axis=0)
