@@ -145,13 +145,11 @@ class SliceRenderer:
             self.scene.RemoveNode(self.composite)
 
     def set_outlines(self, outlines) -> None:
-        """A labelmap of the ROIs (roi_outlines), sampled onto each view's pixels with numpy
-        (nearest voxel, as the slice logic samples label layers): not a layer of the slice
-        logic, so that nothing of it is resliced or blended."""
+        """A labelmap of the ROIs, carried as the foreground layer at zero opacity: the slice
+        logic then reslices it onto exactly the view's pixels, and nothing of it is blended."""
         self.outlines = outlines
-        if outlines:
-            self.outline_labels = array_of(outlines[0])
-            self.outline_ras_to_ijk = np.linalg.inv(ijk_to_ras_of(outlines[0]))
+        self.composite.SetForegroundVolumeID(outlines[0].GetID() if outlines else None)
+        self.composite.SetForegroundOpacity(0.0)
 
     def render(self, background, orientation: str, centre_ras, focus: str = "", image: str = "",
                field_of_view_mm: float = FIELD_OF_VIEW_MM) -> View:
@@ -164,28 +162,13 @@ class SliceRenderer:
         connection.GetProducer().Update()
         rgba = _image_array(connection.GetProducer().GetOutputDataObject(0))
         classes = _layer_values(self.logic.GetLabelLayer())
-        rois = self._outline_values() if self.outlines else np.zeros_like(classes)
+        rois = _layer_values(self.logic.GetForegroundLayer()) if self.outlines else np.zeros_like(classes)
         return View(
             rgb=np.ascontiguousarray(rgba[::-1, :, :3]), classes=classes[::-1], rois=rois[::-1],
             roi_ids=self.outlines[1] if self.outlines else {}, orientation=orientation, image=image,
             mm_per_pixel=field_of_view_mm / self.pixels, edge_letters=_edge_letters(self.slice_node),
             ras_to_pixel=_ras_to_pixel(self.slice_node, self.pixels), focus=focus,
         )
-
-
-    def _outline_values(self) -> np.ndarray:
-        """The outline label under each pixel of the view (bottom row first, as the layers)."""
-        xy_to_ras = np.array([[self.slice_node.GetXYToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
-        y, x = np.mgrid[0:self.pixels, 0:self.pixels]
-        xy = np.stack([x.ravel(), y.ravel(), np.zeros(x.size), np.ones(x.size)])
-        ijk = np.floor(self.outline_ras_to_ijk @ xy_to_ras @ xy + 0.5).astype(np.int64)
-        labels = self.outline_labels
-        inside = np.ones(x.size, bool)
-        for axis, size in enumerate(labels.shape[::-1]):
-            inside &= (ijk[axis] >= 0) & (ijk[axis] < size)
-        values = np.zeros(x.size, labels.dtype)
-        values[inside] = labels[ijk[2, inside], ijk[1, inside], ijk[0, inside]]
-        return values.reshape(self.pixels, self.pixels)
 
 
 def _ensure_orientation_presets(scene) -> None:
