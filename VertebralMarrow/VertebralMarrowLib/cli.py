@@ -92,9 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
 
     cohort = commands.add_parser("cohort", help="sensitivity, specificity, ROC over many lesions")
-    cohort.add_argument("csv", type=Path, help="CSV with columns adc (10^-3 mm^2/s) and truth (malignant|benign)")
+    cohort.add_argument("csv", type=Path, help="CSV with columns adc (10^-3 mm^2/s) and truth (malignant|benign), "
+                        "or the lesions.csv of batch")
     cohort.add_argument("--out", type=Path, required=True)
     cohort.add_argument("--cutoff", type=float, help="ADC cut-off, 10^-3 mm^2/s (default 1.21, Kaur 2020)")
+    cohort.add_argument("--ci-method", choices=("wilson", "exact"), default="wilson",
+                        help="95%% interval of sensitivity, specificity, PPV, NPV: Wilson score (default) or Clopper-Pearson")
     return parser
 
 
@@ -129,9 +132,13 @@ def _run(args) -> int:
     if args.command == "cohort":
         from .cohort import run_cohort
 
-        summary = run_cohort(args.csv, args.out, args.cutoff, progress)
-        print(f"cohort of {summary['n_malignant'] + summary['n_benign']} lesions: sensitivity {summary['sensitivity']:.3f}, "
-              f"specificity {summary['specificity']:.3f}, AUC {summary['auc']:.3f}; written to {args.out}")
+        summary = run_cohort(args.csv, args.out, args.cutoff, progress, args.ci_method)
+        print(f"cohort of {summary['n_malignant'] + summary['n_benign']} lesions: "
+              + ", ".join(f"{key} {summary[key]:.3f}{_interval(summary.get(key + '_ci'))}"
+                          for key in ("sensitivity", "specificity", "auc"))
+              + f"; written to {args.out}")
+        for note in summary["notes"]:
+            print(f"note: {note}")
         return 0
     if args.command == "adc":
         return _fit_only(args, progress)
@@ -143,6 +150,10 @@ def _run(args) -> int:
         result = _analyze(args, progress)
     _print_summary(result, args.out)
     return 0
+
+
+def _interval(pair) -> str:
+    return f" (95% CI {pair[0]:.3f}-{pair[1]:.3f})" if pair else ""
 
 
 def _study_files(args):
