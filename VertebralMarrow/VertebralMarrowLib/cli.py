@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--cutoff", type=float, help="ADC cut-off, 10^-3 mm^2/s (default 1.21, Kaur 2020)")
     cohort.add_argument("--ci-method", choices=("wilson", "exact"), default="wilson",
                         help="95%% interval of sensitivity, specificity, PPV, NPV: Wilson score (default) or Clopper-Pearson")
+
+    batch = commands.add_parser("batch", help="many studies on Dask (needs: pip install 'vertebral-marrow[batch]')")
+    batch.add_argument("manifest", type=Path, help="CSV, one row per study: id, then dicom or seg with the volumes, "
+                       "optional truth (a CSV of segment, truth, entity)")
+    batch.add_argument("--out", type=Path, required=True, help="output folder: one folder per study, lesions.csv, failures.csv")
+    batch.add_argument("--jobs", type=int, help="worker processes of the local cluster (default: one per CPU)")
+    batch.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler (tcp://host:8786) instead of a local cluster")
     return parser
 
 
@@ -142,6 +149,8 @@ def _run(args) -> int:
         return 0
     if args.command == "adc":
         return _fit_only(args, progress)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "demo":
         from .pipeline import run_demo
 
@@ -149,6 +158,26 @@ def _run(args) -> int:
     else:
         result = _analyze(args, progress)
     _print_summary(result, args.out)
+    return 0
+
+
+def _batch(args) -> int:
+    from .batch import run_batch
+
+    summary = run_batch(args.manifest, args.out, args.jobs, args.scheduler, show_progress=not args.quiet)
+    if summary["ignored_columns"]:
+        print(f"note: manifest columns ignored: {', '.join(summary['ignored_columns'])}", file=sys.stderr)
+    for failure in summary["failures"]:
+        print(f"failed: {failure['study']}: {failure['error']}", file=sys.stderr)
+    for study, warnings in summary["warnings"].items():
+        for warning in warnings:
+            print(f"warning: {study}: {warning}", file=sys.stderr)
+    print(f"{summary['succeeded']} of {summary['studies']} studies analysed, {summary['lesions']} lesions in "
+          f"{args.out / 'lesions.csv'}; failures in {args.out / 'failures.csv'}")
+    print(DISCLAIMER)
+    if summary["succeeded"] == 0:
+        print("error: no study could be analysed; see failures.csv", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,157 @@
+"""`vertebral-marrow batch` on Dask: the phantom at two seeds plus a broken study.
+
+The cluster runs in-process (a LocalCluster with two thread workers, processes=False) to keep
+the test fast; the CLI's default is worker processes. Expectations come from the phantom's own
+ground_truth.json (truth, entity) and from each study's results.csv written by the analysis
+of that study alone; the cohort numbers are recounted here with numpy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed", reason="batch needs the optional extra: pip install '.[batch]'")
+
+from VertebralMarrowLib.batch import read_manifest, run_batch  # noqa: E402
+from VertebralMarrowLib.cohort import run_cohort  # noqa: E402
+from VertebralMarrowLib.errors import InputError  # noqa: E402
+from VertebralMarrowLib.phantom import make_phantom  # noqa: E402
+
+SEEDS = (3, 4)
+
+
+def read_rows(path: Path) -> list:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def cohort_folder(tmp_path_factory):
+    """Phantoms at two seeds with truth CSVs from their ground truth, and a manifest (relative
+    paths) that adds a study whose ADC file is missing."""
+    folder = tmp_path_factory.mktemp("batch")
+    lines = ["id,seg,adc,truth,reference"]
+    truths = {}
+    for seed in SEEDS:
+        study = folder / f"phantom{seed}"
+        truth = make_phantom(study, seed)
+        lesions = {name: item for name, item in truth["segments"].items() if item["role"] == "lesion"}
+        with (study / "truth.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("segment", "truth", "entity"))
+            for name, item in lesions.items():
+                writer.writerow((name, "malignant" if item["malignant"] else "benign", item["entity"]))
+        truths[f"seed{seed}"] = lesions
+        lines.append(f"seed{seed},phantom{seed}/{truth['files']['seg']},phantom{seed}/{truth['files']['adc']},"
+                     f"phantom{seed}/truth.csv,L3 normal")
+    lines.append(f"broken,phantom{SEEDS[0]}/rois.seg.nrrd,phantom{SEEDS[0]}/no_such_adc.nrrd,,")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder, truths
+
+
+@pytest.fixture(scope="module")
+def batch_run(cohort_folder):
+    from dask.distributed import LocalCluster
+
+    folder, truths = cohort_folder
+    out = folder / "out"
+    # An existing scheduler, as a cluster past one machine would be given with --scheduler.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        summary = run_batch(folder / "manifest.csv", out, scheduler=cluster.scheduler_address, show_progress=False)
+    return out, summary, truths
+
+
+def test_failure_is_reported_and_does_not_stop_the_others(batch_run):
+    out, summary, _ = batch_run
+    failures = read_rows(out / "failures.csv")
+    assert [row["study"] for row in failures] == ["broken"]
+    assert "no_such_adc.nrrd" in failures[0]["error"] and "\n" not in failures[0]["error"]
+    assert (summary["studies"], summary["succeeded"], summary["failed"]) == (3, 2, 1)
+    for seed in SEEDS:
+        assert (out / f"seed{seed}" / "results.csv").is_file()
+        assert (out / f"seed{seed}" / "report.html").is_file()
+    assert json.loads((out / "batch.json").read_text())["failures"][0]["study"] == "broken"
+
+
+def test_lesion_table_has_every_lesion_with_study_truth_and_entity(batch_run):
+    out, summary, truths = batch_run
+    rows = read_rows(out / "lesions.csv")
+    header = list(rows[0])
+    assert header[:3] == ["study", "segment", "role"] and header[-2:] == ["truth", "entity"]
+    assert {row["study"] for row in rows} == {f"seed{seed}" for seed in SEEDS}
+    for study, lesions in truths.items():
+        own = {row["segment"]: row for row in read_rows(out / study / "results.csv") if row["role"] == "lesion"}
+        mine = {row["segment"]: row for row in rows if row["study"] == study}
+        assert set(mine) == set(own) == set(lesions)
+        for segment, row in mine.items():
+            assert {key: row[key] for key in own[segment]} == own[segment]  # the study's own results, unchanged
+            assert row["truth"] == ("malignant" if lesions[segment]["malignant"] else "benign")
+            assert row["entity"] == lesions[segment]["entity"]
+            assert float(row["adc_mean"]) == pytest.approx(lesions[segment]["adc_mean"], abs=0.1)
+    assert summary["lesions"] == len(rows)
+
+
+def test_cohort_reads_the_batch_table(batch_run, tmp_path):
+    out, _, _ = batch_run
+    rows = read_rows(out / "lesions.csv")
+    adc = np.array([float(row["adc_mean"]) for row in rows])
+    malignant = np.array([row["truth"] == "malignant" for row in rows])
+    result = run_cohort(out / "lesions.csv", tmp_path / "cohort")
+    tp, fp = int((adc[malignant] <= 1.21).sum()), int((adc[~malignant] <= 1.21).sum())
+    assert result["n_lesions"] == len(rows)
+    assert (result["tp"], result["fn"], result["fp"], result["tn"]) == (
+        tp, int(malignant.sum()) - tp, fp, int((~malignant).sum()) - fp)
+    assert result["sensitivity_ci"][0] <= result["sensitivity"] <= result["sensitivity_ci"][1]
+
+
+def test_local_cluster_by_default_and_all_failed_is_still_written(tmp_path):
+    (tmp_path / "m.csv").write_text("id,seg,adc\nonly,missing.seg.nrrd,missing.nrrd\n", encoding="utf-8")
+    summary = run_batch(tmp_path / "m.csv", tmp_path / "out", jobs=1, show_progress=False, processes=False)
+    assert summary["succeeded"] == 0 and summary["cluster"].startswith("LocalCluster")
+    assert read_rows(tmp_path / "out" / "failures.csv")[0]["study"] == "only"
+    assert (tmp_path / "out" / "lesions.csv").read_text().startswith("study,segment,role,")
+
+
+BAD_MANIFESTS = {
+    "no id column": ("seg,adc\na.seg.nrrd,a.nrrd\n", "no id column"),
+    "no input column": ("id,t1\ns1,t1.nrrd\n", "neither a dicom nor a seg"),
+    "duplicate id": ("id,seg\ns1,a.seg.nrrd\ns1,b.seg.nrrd\n", "also on line 2"),
+    "id with a slash": ("id,seg\n../x,a.seg.nrrd\n", "plain folder name"),
+    "no studies": ("id,seg\n", "no studies"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_bad_manifest_is_refused_up_front(tmp_path, case):
+    text, words = BAD_MANIFESTS[case]
+    (tmp_path / "m.csv").write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=words):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_manifest_paths_are_relative_to_its_folder_and_unknown_columns_reported(tmp_path):
+    (tmp_path / "m.csv").write_text("id,seg,dwi,bvalues,age\ns1,a.seg.nrrd,b0.nrrd;b800.nrrd,\"0,800\",63\n",
+                                    encoding="utf-8")
+    rows, ignored = read_manifest(tmp_path / "m.csv")
+    assert ignored == ["age"]
+    assert rows[0].cells["seg"] == str(tmp_path / "a.seg.nrrd")
+    assert rows[0].cells["dwi"] == f"{tmp_path / 'b0.nrrd'};{tmp_path / 'b800.nrrd'}"
+
+
+def test_cli_bad_scheduler_is_one_error_line(tmp_path):
+    (tmp_path / "m.csv").write_text("id,seg,adc\ns1,a.seg.nrrd,a.nrrd\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "VertebralMarrowLib", "-q", "batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
+         "--scheduler", "tcp://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "scheduler" in lines[0], done.stderr
