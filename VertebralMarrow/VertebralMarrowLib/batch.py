@@ -93,37 +93,49 @@ def _absolute(text: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def study_inputs(row: ManifestRow):
-    """(StudyFiles, Options) of one manifest row, as `analyze` would build them."""
+def study_options(row: ManifestRow):
+    """The Options of one manifest row (reference, cutoff, adc_units), as `analyze` builds them."""
     from .core.criteria import Options
-    from .inputs.study import StudyFiles, parse_bvalues
 
     cells = row.cells
-    given = lambda key: Path(cells[key]) if cells.get(key) else None  # noqa: E731
-    if cells.get("dicom"):
-        from .inputs.dicom_study import study_files_from_dicom
-
-        files = study_files_from_dicom(Path(cells["dicom"]), seg=given("seg"), label_names=given("label_names"))
-    else:
-        if not cells.get("seg"):
-            raise InputError("no seg: give the study's segmentation (seg column) or a DICOM folder (dicom column)")
-        files = StudyFiles(
-            seg=given("seg"), label_names=given("label_names"), adc=given("adc"),
-            dwi=tuple(Path(part) for part in cells.get("dwi", "").split(";") if part),
-            bvalues=parse_bvalues(cells["bvalues"]) if cells.get("bvalues") else (),
-            t1=given("t1"), t2=given("t2"), fs=given("fs"), ct=given("ct"),
-        )
     cutoff = None
     if cells.get("cutoff"):
         try:
             cutoff = float(cells["cutoff"])
         except ValueError:
             raise InputError(f"cutoff '{cells['cutoff']}' is not a number (10^-3 mm^2/s)") from None
-    options = Options(
+    return Options(
         adc_cutoff=cutoff, adc_units=cells.get("adc_units") or "auto",
         reference_segments=tuple(part.strip() for part in cells.get("reference", "").split(";") if part.strip()),
     )
-    return files, options
+
+
+def study_files(row: ManifestRow):
+    """The StudyFiles of a manifest row that names its files (not a DICOM folder)."""
+    from .inputs.study import StudyFiles, parse_bvalues
+
+    cells = row.cells
+    given = lambda key: Path(cells[key]) if cells.get(key) else None  # noqa: E731
+    return StudyFiles(
+        seg=given("seg"), label_names=given("label_names"), adc=given("adc"),
+        dwi=tuple(Path(part) for part in cells.get("dwi", "").split(";") if part),
+        bvalues=parse_bvalues(cells["bvalues"]) if cells.get("bvalues") else (),
+        t1=given("t1"), t2=given("t2"), fs=given("fs"), ct=given("ct"),
+    )
+
+
+def analyse_row(row: ManifestRow, out_dir: Path):
+    """Run the analysis of one manifest row into out_dir: a DICOM folder or the files."""
+    from .pipeline import run_analysis, run_dicom_analysis
+
+    cells = row.cells
+    if not cells.get("seg"):
+        raise InputError("no seg: give the study's segmentation (seg column)")
+    options = study_options(row)
+    if cells.get("dicom"):
+        label_names = Path(cells["label_names"]) if cells.get("label_names") else None
+        return run_dicom_analysis(Path(cells["dicom"]), Path(cells["seg"]), options, out_dir, label_names=label_names)[0]
+    return run_analysis(study_files(row), options, out_dir)
 
 
 def read_truth(path: Path) -> dict:
@@ -156,13 +168,10 @@ def run_study(row: ManifestRow, out_dir: Path) -> dict:
     """
     import vtk
 
-    from .pipeline import run_analysis
-
     vtk.vtkObject.GlobalWarningDisplayOff()  # as the CLI does: VTK's notices are noise on a worker's stderr
     try:
-        files, options = study_inputs(row)
         truth = read_truth(row.truth) if row.truth else None
-        result = run_analysis(files, options, Path(out_dir) / row.id)
+        result = analyse_row(row, Path(out_dir) / row.id)
     except InputError as exc:
         return {"study": row.id, "rows": [], "warnings": [], "error": str(exc)}
     except Exception as exc:  # a bug or a file no reader understood: still only this study fails

@@ -39,6 +39,8 @@ def _add_dwi_arguments(parser, with_adc: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     if with_adc:
         group.add_argument("--adc", type=Path, help="scanner ADC map (NRRD, NIfTI, MHA)")
+        group.add_argument("--dicom", type=Path, help="a DICOM study folder: its series are recognised (T1, T2, STIR/FS, "
+                           "DWI, scanner ADC map, CT); override a choice with --t1-series etc.")
     group.add_argument("--dwi", type=Path, nargs="+", help="DWI: several 3-D files (with --bvalues) or one 4-D file")
     group.add_argument("--dwi-dicom", type=Path, help="folder of a diffusion DICOM series (b-values from the headers)")
     parser.add_argument("--bvalues", help="b-values in s/mm^2, one per DWI file, e.g. 0,50,400,800")
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("in-phase", "in-phase (chemical shift)"), ("opposed-phase", "opposed-phase (chemical shift)"),
                        ("fat-fraction", "Dixon fat-fraction map (0-1 or %%)")):
         analyze.add_argument(f"--{name}", type=Path, help=f"{what} volume")
+    for role, what in (("t1", "T1"), ("t2", "T2"), ("fs", "STIR/FS"), ("dwi", "DWI"), ("adc", "scanner ADC map"), ("ct", "CT")):
+        analyze.add_argument(f"--{role}-series", metavar="UID|NUMBER|none",
+                             help=f"with --dicom: the {what} series to use (series number or UID), or none")
     analyze.add_argument("--reference", nargs="+", default=(), metavar="NAME", help="segment(s) of normal marrow")
     analyze.add_argument("--levels", action="append", default=[], metavar="SEGMENT=N",
                          help="vertebral levels a lesion involves (separates pyogenic from tuberculous spondylitis)")
@@ -86,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     phantom = commands.add_parser("phantom", help="write the synthetic spine study")
     phantom.add_argument("--out", type=Path, required=True)
     phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--dicom", action="store_true", help="also write the study as DICOM series in OUT/dicom")
 
     demo = commands.add_parser("demo", help="the synthetic study, then the whole analysis on it")
     demo.add_argument("--out", type=Path, required=True)
@@ -133,8 +139,13 @@ def _run(args) -> int:
     if args.command == "phantom":
         from .phantom import make_phantom
 
-        make_phantom(args.out, args.seed, progress)
+        truth = make_phantom(args.out, args.seed, progress)
         print(f"synthetic study written to {args.out}")
+        if args.dicom:
+            from .phantom_dicom import write_phantom_dicom
+
+            write_phantom_dicom(args.out, args.out / "dicom", args.seed, truth["files"])
+            print(f"its DICOM series written to {args.out / 'dicom'}")
         return 0
     if args.command == "cohort":
         from .cohort import run_cohort
@@ -209,7 +220,27 @@ def _analyze(args, progress):
         criteria_path=args.criteria, adc_units=args.adc_units,
         fit_method=args.method, bmin=args.bmin, bmax=args.bmax, reference_segments=tuple(args.reference),
     )
+    if args.dicom:
+        return _analyze_dicom(args, options, progress)
     return run_analysis(_study_files(args), options, args.out, progress)
+
+
+def _analyze_dicom(args, options, progress):
+    from .pipeline import run_dicom_analysis
+
+    given = [f"--{name.replace('_', '-')}" for name in ("t1", "t2", "fs", "ct", "bvalues") if getattr(args, name)]
+    if given:
+        raise InputError(f"{', '.join(given)} with --dicom: choose the series with --t1-series, --t2-series, "
+                         "--fs-series, --ct-series instead")
+    overrides = {role: getattr(args, f"{role}_series") for role in ("t1", "t2", "fs", "dwi", "adc", "ct")}
+    extra = {"in_phase": args.in_phase, "opposed_phase": args.opposed_phase, "fat_fraction": args.fat_fraction}
+    result, record = run_dicom_analysis(args.dicom, args.seg, options, args.out, overrides, args.label_names,
+                                        progress, files=extra)
+    for role, series in record["series"].items():
+        print(f"{role}: series {series['series_number']} '{series['series_description']}' ({series['why']})")
+    for note in record["notes"]:
+        print(f"note: {note}")
+    return result
 
 
 def _fit_only(args, progress) -> int:

@@ -32,6 +32,36 @@ def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progres
     return result
 
 
+def run_dicom_analysis(folder, seg, options: Optional[Options], out_dir, overrides: Optional[dict] = None,
+                       label_names=None, progress: Progress = None, files: Optional[dict] = None) -> tuple:
+    """A DICOM study in: recognise its series (overrides: role -> series UID, number or 'none'),
+    analyse them with `seg` like run_analysis, and record in results.json which series were
+    used for what and why. `files` (key -> path, e.g. {'t1': ...}) replaces a recognised series.
+    Returns (AnalysisResult, the record of the series: {folder, series: {role: ...}, notes})."""
+    import dataclasses
+    import json
+    import tempfile
+
+    from .inputs.dicom_study import choose_series, scan_dicom_folder, stage_study
+
+    chosen, notes = choose_series(scan_dicom_folder(folder), overrides)
+    with tempfile.TemporaryDirectory(prefix="vertebral-marrow-dicom-") as staging:
+        paths, adc_units = stage_study(chosen, staging)
+        paths.update({key: Path(value) for key, value in (files or {}).items() if value})
+        study = StudyFiles(seg=Path(seg), label_names=label_names, **paths)
+        options = options or Options()
+        if adc_units and "adc" in paths and options.adc_units in (None, "auto"):
+            options = dataclasses.replace(options, adc_units=adc_units)
+        result = run_analysis(study, options, out_dir, progress)
+    record = {"folder": str(folder), "series": {role: choice.describe() for role, choice in chosen.items()},
+              "notes": notes}
+    results_json = Path(out_dir) / "results.json"
+    document = json.loads(results_json.read_text(encoding="utf-8"))
+    document["dicom"] = record
+    results_json.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return result, record
+
+
 def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResult:
     """The synthetic study into out_dir/study, then the analysis of it into out_dir."""
     from .phantom import make_phantom
