@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +17,10 @@ import pytest
 
 pytest.importorskip("distributed", reason="batch needs the optional extra: pip install '.[batch]'")
 
+from conftest import run_cli_in_process  # noqa: E402
 from VertebralMarrowLib.batch import read_manifest, run_batch  # noqa: E402
 from VertebralMarrowLib.cohort import run_cohort  # noqa: E402
 from VertebralMarrowLib.errors import InputError  # noqa: E402
-from VertebralMarrowLib.phantom import make_phantom  # noqa: E402
 
 SEEDS = (3, 4)
 
@@ -34,25 +31,23 @@ def read_rows(path: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def cohort_folder(tmp_path_factory):
-    """Phantoms at two seeds with truth CSVs from their ground truth, and a manifest (relative
-    paths) that adds a study whose ADC file is missing."""
+def cohort_folder(tmp_path_factory, phantom_study):
+    """Phantoms at two seeds with truth CSVs from their ground truth, and a manifest that adds a
+    study whose ADC file is missing (truth paths relative to the manifest, volumes absolute)."""
     folder = tmp_path_factory.mktemp("batch")
     lines = ["id,seg,adc,truth,reference"]
     truths = {}
     for seed in SEEDS:
-        study = folder / f"phantom{seed}"
-        truth = make_phantom(study, seed)
+        study, truth = phantom_study(seed)
         lesions = {name: item for name, item in truth["segments"].items() if item["role"] == "lesion"}
-        with (study / "truth.csv").open("w", newline="", encoding="utf-8") as handle:
+        with (folder / f"truth{seed}.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(("segment", "truth", "entity"))
             for name, item in lesions.items():
                 writer.writerow((name, "malignant" if item["malignant"] else "benign", item["entity"]))
         truths[f"seed{seed}"] = lesions
-        lines.append(f"seed{seed},phantom{seed}/{truth['files']['seg']},phantom{seed}/{truth['files']['adc']},"
-                     f"phantom{seed}/truth.csv,L3 normal")
-    lines.append(f"broken,phantom{SEEDS[0]}/rois.seg.nrrd,phantom{SEEDS[0]}/no_such_adc.nrrd,,")
+        lines.append(f"seed{seed},{study / truth['files']['seg']},{study / truth['files']['adc']},truth{seed}.csv,L3 normal")
+    lines.append(f"broken,{study / truth['files']['seg']},no_such_adc.nrrd,,")
     (folder / "manifest.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder, truths
 
@@ -148,10 +143,8 @@ def test_manifest_paths_are_relative_to_its_folder_and_unknown_columns_reported(
 
 def test_cli_bad_scheduler_is_one_error_line(tmp_path):
     (tmp_path / "m.csv").write_text("id,seg,adc\ns1,a.seg.nrrd,a.nrrd\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "VertebralMarrowLib", "-q", "batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
-         "--scheduler", "tcp://127.0.0.1:9"],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    done = run_cli_in_process(["-q", "batch", tmp_path / "m.csv", "--out", tmp_path / "o",
+                               "--scheduler", "tcp://127.0.0.1:9"])
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "scheduler" in lines[0], done.stderr

@@ -9,10 +9,7 @@ ship with the real series.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +18,9 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
+from conftest import run_cli_in_process
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.inputs.dicom_study import choose_series, recognise, scan_dicom_folder, stage_study
-from VertebralMarrowLib.phantom import make_phantom
 from VertebralMarrowLib.phantom_dicom import write_phantom_dicom
 
 SHARED_DWI = Path(__file__).resolve().parents[1] / ".." / "shared" / "dicom-dwi"
@@ -60,10 +57,12 @@ def scrambled_copy(source: Path, target: Path, edit=None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def phantom_dicom(tmp_path_factory):
+def phantom_dicom(tmp_path_factory, phantom_study):
+    """(folder with study/ -> the phantom's files and dicom/ its DICOM series, truth, a scrambled copy)."""
+    study, truth = phantom_study(5)
     folder = tmp_path_factory.mktemp("dicom_study")
-    truth = make_phantom(folder / "study", seed=5)
-    write_phantom_dicom(folder / "study", folder / "dicom", 5, truth["files"])
+    (folder / "study").symlink_to(study)
+    write_phantom_dicom(study, folder / "dicom", 5, truth["files"])
     scrambled = scrambled_copy(folder / "dicom", folder / "scrambled")
     return folder, truth, scrambled
 
@@ -182,9 +181,7 @@ def test_real_diffusion_series_are_recognised_with_their_reference_bvalues():
 
 
 def run_cli(args):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "VertebralMarrowLib"] + [str(a) for a in args],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return run_cli_in_process(args)
 
 
 def test_analyze_dicom_end_to_end(phantom_dicom, tmp_path):

@@ -9,6 +9,7 @@ from typing import Callable, List, Optional
 import slicer
 
 from ..analysis import AnalysisResult, StudyNodes
+from ..core.sequences import SEQUENCES
 from ..mrml import write_node
 from .nodes import ADC_MAP_NAME, adc_color_node, adc_map_node, class_color_node, color_segments_by_class, overlay_node
 from .table import result_document, results_table_node, write_csv, write_json
@@ -63,8 +64,8 @@ def save_scene(scene, study: StudyNodes, result: AnalysisResult, out: Path, *ext
     """Save a Slicer scene: the .mrml in `out`, each node's data under scene-data/."""
     data = out / SCENE_DATA
     data.mkdir(exist_ok=True)
-    volumes = [study.adc, study.t1, study.t2, study.fs, study.ct, study.in_phase, study.opposed_phase,
-               study.fat_fraction, *study.dwi, result.adc_node if study.adc is None else None]
+    volumes = [study.adc, *(getattr(study, s.key) for s in SEQUENCES), *study.dwi,
+               result.adc_node if study.adc is None else None]
     nodes = [node for node in volumes if node is not None] + [study.segmentation] + [n for n in extra_nodes if n is not None]
     seen = set()
     for node in nodes:

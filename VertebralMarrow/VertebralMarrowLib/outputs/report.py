@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
+from ..core.sequences import SEQUENCE, SEQUENCES, SIGNAL_KEYS
 from ..core.differential import is_number, likelihood_text
 from .nodes import CLASS_COLORS
 from .table import COLUMNS
@@ -112,9 +113,7 @@ def _at_a_glance(document: dict, pictures: list, folder: Path) -> str:
 def _study(document: dict) -> str:
     adc = document.get("adc", {})
     inputs = document.get("inputs", {})
-    names = {"adc": "ADC map", "dwi": "DWI", "t1": "T1", "t2": "T2", "fs": "FS-T2 / STIR", "ct": "CT",
-             "segmentation": "Segmentation", "in_phase": "In-phase", "opposed_phase": "Opposed-phase",
-             "fat_fraction": "Fat fraction"}
+    names = {"adc": "ADC map", "dwi": "DWI", "segmentation": "Segmentation", **{s.key: s.label for s in SEQUENCES}}
     rows = [(names.get(key, key), value) for key, value in inputs.items()]
     bvalues = adc.get("bvalues_s_per_mm2")
     rows += [
@@ -192,7 +191,7 @@ def _differential_cell(value: Optional[str]) -> str:
 def _key_numbers(row: dict) -> str:
     signals = ", ".join(
         f"{label} {_e(row.get(key + '_signal') or 'n/a')}" + (f" ({_fmt(row.get(key + '_ratio'))})" if row.get(key + "_ratio") is not None else "")
-        for key, label in (("t1", "T1"), ("t2", "T2"), ("fs", "FS-T2/STIR"))
+        for key, label in ((key, SEQUENCE[key].label) for key in SIGNAL_KEYS)
     )
     items = [
         ("Mean ADC", f"<b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))} ×10⁻³ mm²/s"),
