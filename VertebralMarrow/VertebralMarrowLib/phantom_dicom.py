@@ -63,7 +63,7 @@ def write_phantom_dicom(study_dir, out_dir, seed: int, files: dict) -> dict:
         bvalue = float(int(key[len("dwi_b"):]))
         image = sitk.ReadImage(str(study_dir / files[key]))
         attributes = {"ScanningSequence": "EP", "SequenceVariant": ["SK", "SP"], "ScanOptions": ["FS"],
-                      "RepetitionTime": 5000.0, "EchoTime": 70.0, "DiffusionBValue": bvalue,
+                      "RepetitionTime": 5000.0, "EchoTime": 70.0, "EchoTrainLength": 1, "DiffusionBValue": bvalue,
                       "DiffusionDirectionality": "ISOTROPIC" if bvalue > 0 else "NONE",
                       "ImageType": ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"]}
         _write_series(folder, image, mr_study, DWI_SERIES[0], DWI_SERIES[1], "MR", attributes, seed,
@@ -71,7 +71,7 @@ def write_phantom_dicom(study_dir, out_dir, seed: int, files: dict) -> dict:
     written["dwi"] = folder
     image = sitk.ReadImage(str(study_dir / files["adc"]))
     attributes = {"ScanningSequence": "EP", "SequenceVariant": ["SK", "SP"], "ScanOptions": ["FS"],
-                  "RepetitionTime": 5000.0, "EchoTime": 70.0,
+                  "RepetitionTime": 5000.0, "EchoTime": 70.0, "EchoTrainLength": 1,
                   "ImageType": ["DERIVED", "PRIMARY", "DIFFUSION", "ADC"], "adc_units": True}
     written["adc"] = _write_series(out / f"{ADC_SERIES[0]:02d}", image, mr_study, ADC_SERIES[0], ADC_SERIES[1], "MR",
                                    attributes, seed)

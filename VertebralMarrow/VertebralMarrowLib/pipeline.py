@@ -54,12 +54,29 @@ def run_dicom_analysis(folder, seg, options: Optional[Options], out_dir, overrid
             options = dataclasses.replace(options, adc_units=adc_units)
         result = run_analysis(study, options, out_dir, progress)
     record = {"folder": str(folder), "series": {role: choice.describe() for role, choice in chosen.items()},
-              "notes": notes}
+              "notes": notes, "dicom_outputs": _export_dicom(result, chosen, Path(out_dir) / "dicom", notes)}
     results_json = Path(out_dir) / "results.json"
     document = json.loads(results_json.read_text(encoding="utf-8"))
     document["dicom"] = record
     results_json.write_text(json.dumps(document, indent=2), encoding="utf-8")
     return result, record
+
+
+def _export_dicom(result: AnalysisResult, chosen: dict, out_dir: Path, notes: list) -> dict:
+    """SEG, SR and (for a fitted ADC) parametric map on the ADC's source series; {name: file}.
+    A study whose grid the export cannot follow keeps its analysis, and notes say why."""
+    from .outputs.dicom_export import write_dicom_outputs
+
+    source = chosen["dwi"] if "dwi" in chosen else chosen["adc"]
+    fitted = "dwi" in chosen
+    try:
+        written = write_dicom_outputs(result, source.series.files, out_dir,
+                                      bvalues=result.bvalues_used if fitted else None,
+                                      method=result.options.fit_method if fitted else None)
+    except (InputError, ValueError) as exc:
+        notes.append(f"DICOM SEG/SR/parametric map not written: {exc}")
+        return {}
+    return {name: str(path.relative_to(out_dir.parent)) for name, path in written.items()}
 
 
 def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResult:
