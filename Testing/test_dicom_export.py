@@ -187,3 +187,27 @@ def test_parametric_map_values_and_mapping(exported):
     assert set(lesions) <= set(values)
     for name in lesions:
         assert np.mean(values[name]) / 1000.0 == pytest.approx(float(rows[name]["adc_mean"]), abs=2e-4), name
+
+
+def test_demo_writes_dicom_results_on_the_scanner_map(tmp_path):
+    """`demo` (the phantom analysed from its files, scanner ADC map) also writes the study as
+    DICOM and SEG, SR and parametric map; the map holds the scanner's own integers (um2/s)."""
+    from VertebralMarrowLib.pipeline import run_demo
+
+    out = tmp_path / "demo"
+    run_demo(out, seed=SEED)
+    document = json.loads((out / "results.json").read_text())
+    assert document["dicom"]["dicom_outputs"] == {"seg": "dicom/seg.dcm", "sr": "dicom/sr.dcm", "adc_pm": "dicom/adc_pm.dcm"}
+    pm = pydicom.dcmread(out / "dicom" / "adc_pm.dcm")
+    assert "scanner" in pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0].LUTExplanation
+    scanner = {}
+    for path in (out / "study" / "dicom" / "06").iterdir():
+        ds = pydicom.dcmread(path)
+        scanner[tuple(round(float(v), 3) for v in ds.ImagePositionPatient)] = ds.pixel_array.astype(float)
+    for index, frame in enumerate(pm.PerFrameFunctionalGroupsSequence):
+        where = tuple(round(float(v), 3) for v in frame.PlanePositionSequence[0].ImagePositionPatient)
+        assert np.allclose(pm.pixel_array[index], scanner[where], atol=1e-3)
+    if shutil.which("dciodvfy"):
+        for name in ("seg", "sr", "adc_pm"):
+            done = subprocess.run(["dciodvfy", str(out / "dicom" / f"{name}.dcm")], capture_output=True, text=True)
+            assert not [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")], name

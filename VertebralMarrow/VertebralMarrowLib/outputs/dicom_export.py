@@ -1,5 +1,6 @@
 """DICOM out (highdicom): the ROIs as a DICOM SEG, the measurements as a TID 1500 Measurement
-Report (Comprehensive 3D SR) and the fitted ADC map as a Parametric Map.
+Report (Comprehensive 3D SR) and the ADC map measured (fitted, with its b-values, or the
+scanner's map in the same units) as a Parametric Map.
 
 All three are on the grid of the series the ADC was measured on (the DWI's b=0 images when the
 ADC was fitted, else the scanner's ADC map), reference that series, copy the patient and study
@@ -29,10 +30,11 @@ UM2_PER_S_PER_1E3 = 1000.0  # 10^-3 mm^2/s -> um2/s
 
 def write_dicom_outputs(result, reference_files: List[Path], out_dir, bvalues: Optional[list] = None,
                         method: Optional[str] = None) -> dict:
-    """Write seg.dcm, sr.dcm and (when `bvalues`: the ADC was fitted) adc_pm.dcm into out_dir.
+    """Write seg.dcm, sr.dcm and adc_pm.dcm into out_dir.
 
     reference_files: the DICOM files of the series the ADC grid comes from (for a DWI series
-    the b=0 images are used). Returns {name: path}.
+    the b=0 images are used). bvalues and method: those of the fit, None for a scanner map.
+    Returns {name: path}.
     """
     try:
         import highdicom as hd
@@ -50,12 +52,11 @@ def write_dicom_outputs(result, reference_files: List[Path], out_dir, bvalues: O
     report = _report(hd, result, sources, segmentation, described)
     report.save_as(out / "sr.dcm")
     written["sr"] = out / "sr.dcm"
-    if bvalues:
-        parametric = _parametric_map(hd, result, sources, frames, bvalues, method)
-        # General Series' Laterality is type 2C; the spine is not a paired structure: empty (unknown).
-        parametric.Laterality = sources[0].get("Laterality", "")
-        parametric.save_as(out / "adc_pm.dcm")
-        written["adc_pm"] = out / "adc_pm.dcm"
+    parametric = _parametric_map(hd, result, sources, frames, bvalues, method)
+    # General Series' Laterality is type 2C; the spine is not a paired structure: empty (unknown).
+    parametric.Laterality = sources[0].get("Laterality", "")
+    parametric.save_as(out / "adc_pm.dcm")
+    written["adc_pm"] = out / "adc_pm.dcm"
     return written
 
 
@@ -247,10 +248,15 @@ def _report(hd, result, sources, segmentation, described):
 
 def _parametric_map(hd, result, sources, frames, bvalues, method):
     values = np.nan_to_num(result.adc_map[frames].astype(np.float32), nan=0.0) * np.float32(UM2_PER_S_PER_1E3)
-    used = ", ".join(f"{b:g}" for b in bvalues)
+    if bvalues:
+        used = ", ".join(f"{b:g}" for b in bvalues)
+        explanation = f"ADC, b {used} s/mm2"
+        description = f"ADC fit ({method or 'iwls'}) from b = {used} s/mm2"
+    else:
+        explanation = description = "ADC, the scanner's map"
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="ADC",
-        lut_explanation=f"ADC, b {used} s/mm2"[:64],
+        lut_explanation=explanation[:64],
         unit=hd.sr.CodedConcept("um2/s", "UCUM", "um2/s"),
         value_range=(float(values.min()), float(values.max())),
         slope=1.0,
@@ -273,6 +279,6 @@ def _parametric_map(hd, result, sources, frames, bvalues, method):
         window_center=1000.0,
         window_width=2000.0,
         content_label="ADC",
-        content_description=f"ADC fit ({method or 'iwls'}) from b = {used} s/mm2"[:64],
+        content_description=description[:64],
         series_description="VertebralMarrow ADC (um2/s)",
     )
