@@ -21,6 +21,7 @@ from conftest import run_cli_in_process  # noqa: E402
 from VertebralMarrowLib.batch import read_manifest, run_batch  # noqa: E402
 from VertebralMarrowLib.cohort import run_cohort  # noqa: E402
 from VertebralMarrowLib.errors import InputError  # noqa: E402
+from VertebralMarrowLib.phantom_dicom import write_phantom_dicom  # noqa: E402
 
 SEEDS = (3, 4)
 
@@ -48,6 +49,12 @@ def cohort_folder(tmp_path_factory, phantom_study):
         truths[f"seed{seed}"] = lesions
         lines.append(f"seed{seed},{study / truth['files']['seg']},{study / truth['files']['adc']},truth{seed}.csv,L3 normal")
     lines.append(f"broken,{study / truth['files']['seg']},no_such_adc.nrrd,,")
+    # The first phantom once more, as a DICOM study (dicom column; the DWI is fitted).
+    write_phantom_dicom(study, folder / "dicom_study", SEEDS[-1], truth["files"])
+    lines[0] += ",dicom"
+    lines = [line + "," for line in lines]
+    lines.append(f"dicom{SEEDS[-1]},{study / truth['files']['seg']},,truth{SEEDS[-1]}.csv,L3 normal,dicom_study")
+    truths[f"dicom{SEEDS[-1]}"] = truths[f"seed{SEEDS[-1]}"]
     (folder / "manifest.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder, truths
 
@@ -69,10 +76,11 @@ def test_failure_is_reported_and_does_not_stop_the_others(batch_run):
     failures = read_rows(out / "failures.csv")
     assert [row["study"] for row in failures] == ["broken"]
     assert "no_such_adc.nrrd" in failures[0]["error"] and "\n" not in failures[0]["error"]
-    assert (summary["studies"], summary["succeeded"], summary["failed"]) == (3, 2, 1)
-    for seed in SEEDS:
-        assert (out / f"seed{seed}" / "results.csv").is_file()
-        assert (out / f"seed{seed}" / "report.html").is_file()
+    assert (summary["studies"], summary["succeeded"], summary["failed"]) == (4, 3, 1)
+    for study in [f"seed{seed}" for seed in SEEDS] + [f"dicom{SEEDS[-1]}"]:
+        assert (out / study / "results.csv").is_file()
+        assert (out / study / "report.html").is_file()
+    assert (out / f"dicom{SEEDS[-1]}" / "dicom" / "sr.dcm").is_file()
     assert json.loads((out / "batch.json").read_text())["failures"][0]["study"] == "broken"
 
 
@@ -81,7 +89,7 @@ def test_lesion_table_has_every_lesion_with_study_truth_and_entity(batch_run):
     rows = read_rows(out / "lesions.csv")
     header = list(rows[0])
     assert header[:3] == ["study", "segment", "role"] and header[-2:] == ["truth", "entity"]
-    assert {row["study"] for row in rows} == {f"seed{seed}" for seed in SEEDS}
+    assert {row["study"] for row in rows} == set(truths)
     for study, lesions in truths.items():
         own = {row["segment"]: row for row in read_rows(out / study / "results.csv") if row["role"] == "lesion"}
         mine = {row["segment"]: row for row in rows if row["study"] == study}
@@ -90,7 +98,7 @@ def test_lesion_table_has_every_lesion_with_study_truth_and_entity(batch_run):
             assert {key: row[key] for key in own[segment]} == own[segment]  # the study's own results, unchanged
             assert row["truth"] == ("malignant" if lesions[segment]["malignant"] else "benign")
             assert row["entity"] == lesions[segment]["entity"]
-            assert float(row["adc_mean"]) == pytest.approx(lesions[segment]["adc_mean"], abs=0.1)
+            assert float(row["adc_mean"]) == pytest.approx(lesions[segment]["adc_mean"], abs=0.12)
     assert summary["lesions"] == len(rows)
 
 
@@ -139,6 +147,18 @@ def test_manifest_paths_are_relative_to_its_folder_and_unknown_columns_reported(
     assert ignored == ["age"]
     assert rows[0].cells["seg"] == str(tmp_path / "a.seg.nrrd")
     assert rows[0].cells["dwi"] == f"{tmp_path / 'b0.nrrd'};{tmp_path / 'b800.nrrd'}"
+
+
+def test_cli_runs_worker_processes_by_default(tmp_path):
+    """The CLI's LocalCluster runs studies in worker processes; a study that fails there is
+    reported and, with no study analysed, the exit status is 2."""
+    (tmp_path / "m.csv").write_text("id,seg,adc\nonly,missing.seg.nrrd,missing.nrrd\n", encoding="utf-8")
+    done = run_cli_in_process(["-q", "batch", tmp_path / "m.csv", "--out", tmp_path / "o", "--jobs", "1"])
+    assert done.returncode == 2
+    assert "failed: only:" in done.stderr and "error: no study could be analysed" in done.stderr
+    summary = json.loads((tmp_path / "o" / "batch.json").read_text())
+    assert summary["cluster"] == "LocalCluster (processes)"
+    assert read_rows(tmp_path / "o" / "failures.csv")[0]["study"] == "only"
 
 
 def test_cli_bad_scheduler_is_one_error_line(tmp_path):

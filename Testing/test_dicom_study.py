@@ -100,6 +100,17 @@ def test_recognises_from_attributes_when_descriptions_are_blank(phantom_dicom, t
     assert by_number[("CT", "2")] == ("ct", "Modality CT")
 
 
+def test_fat_suppressed_t1_is_neither_t1_nor_fs(phantom_dicom, tmp_path):
+    folder, _, _ = phantom_dicom
+
+    def t1_fs_post(ds):
+        ds.SeriesDescription = "T1 FS SAG POST GD"
+
+    series = scan_dicom_folder(scrambled_copy(folder / "dicom" / "02", tmp_path / "t1fs", t1_fs_post))[0]
+    role, why = recognise(series)
+    assert role is None and "fat-suppressed T1" in why and "--t1-series" in why
+
+
 def test_staged_volumes_equal_the_phantom_files(phantom_dicom, tmp_path):
     folder, truth, scrambled = phantom_dicom
     chosen, _ = choose_series(scan_dicom_folder(scrambled), {"adc": "6", "dwi": "none"})

@@ -121,6 +121,9 @@ def recognise(series: Series) -> tuple:
     if series.bvalues or types & {"DIFFUSION", "TRACEW", "TRACE"}:
         values = ", ".join(f"{b:g}" for b in sorted(series.bvalues)) or "none in the headers"
         return None, f"diffusion images with fewer than two b-values ({values}); an ADC fit needs two or more"
+    if re.search(DESCRIPTION_RULES[3][1], description) and re.search(DESCRIPTION_RULES[1][1], description):
+        # A fat-suppressed T1 (usually after contrast) is neither the plain T1 nor the FS-T2/STIR.
+        return None, f"series description '{series.description}' says fat-suppressed T1; choose it with --t1-series if meant"
     for role, pattern in DESCRIPTION_RULES:
         if re.search(pattern, description):
             if role == "dwi":
