@@ -221,3 +221,21 @@ def test_analyze_dicom_refuses_file_options_and_unknown_series(phantom_dicom, tm
     assert done.returncode == 2 and done.stderr.startswith("error: --t1 with --dicom"), done.stderr
     done = run_cli(["analyze", "--dicom", scrambled, "--seg", seg, "--t2-series", "42", "--out", tmp_path / "o"])
     assert done.returncode == 2 and "--t2-series 42" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_phantom_dicom_command_writes_the_series(tmp_path):
+    done = run_cli(["-q", "phantom", "--out", tmp_path / "study", "--seed", "2", "--dicom"])
+    assert done.returncode == 0, done.stderr
+    series = {}
+    for path in (tmp_path / "study" / "dicom").rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        item = series.setdefault(ds.SeriesDescription, {"modality": ds.Modality, "files": 0, "b": set(), "type": None})
+        item["files"] += 1
+        item["type"] = tuple(ds.ImageType)
+        if "DiffusionBValue" in ds:
+            item["b"].add(float(ds.DiffusionBValue))
+    assert set(series) == set(EXPECTED_ROLES)
+    truth = json.loads((tmp_path / "study" / "ground_truth.json").read_text())
+    assert series["DWI SAG b0 50 400 800"]["b"] == set(truth["bvalues"])
+    assert series["DWI SAG b0 50 400 800"]["files"] == 4 * series["DWI SAG ADC"]["files"]
+    assert "ADC" in series["DWI SAG ADC"]["type"] and series["CT SPINE BONE"]["modality"] == "CT"
