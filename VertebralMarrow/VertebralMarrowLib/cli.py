@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_setting(analyze, name)
     analyze.add_argument("--criteria", type=Path,
                          help="a criteria file of your own (a copy of VertebralMarrowLib/core/criteria.json with your numbers)")
+    analyze.add_argument("--single-file-report", action="store_true",
+                         help="report.html with its pictures inside (one file to mail or archive)")
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
 
     adc = commands.add_parser("adc", help="fit the ADC map alone (float32, 10^-3 mm^2/s, on the DWI grid)")
@@ -253,7 +255,7 @@ def _analyze(args, progress):
                       **{setting.name: getattr(args, setting.name) for setting in SETTINGS})
     if args.dicom:
         return _analyze_dicom(args, options, progress)
-    return run_analysis(_study_files(args), options, args.out, progress)
+    return run_analysis(_study_files(args), options, args.out, progress, single_file_report=args.single_file_report)
 
 
 def _analyze_dicom(args, options, progress):
@@ -266,7 +268,7 @@ def _analyze_dicom(args, options, progress):
     overrides = {role: getattr(args, f"{role}_series") for role in ("t1", "t2", "fs", "dwi", "adc", "ct")}
     extra = {"in_phase": args.in_phase, "opposed_phase": args.opposed_phase, "fat_fraction": args.fat_fraction}
     result, record = run_dicom_analysis(args.dicom, args.seg, options, args.out, overrides, args.label_names,
-                                        progress, files=extra)
+                                        progress, files=extra, single_file_report=args.single_file_report)
     for role, series in record["series"].items():
         print(f"{role}: series {series['series_number']} '{series['series_description']}' ({series['why']})")
     for note in record["notes"]:

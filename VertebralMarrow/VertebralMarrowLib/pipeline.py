@@ -23,17 +23,21 @@ def _scaled(progress: Progress, start: float, stop: float) -> Progress:
     return lambda fraction, text: progress(start + (stop - start) * fraction, text)
 
 
-def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progress: Progress = None) -> AnalysisResult:
-    """Load the study, analyse it and write every output into `out_dir`."""
+def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progress: Progress = None,
+                 single_file_report: bool = False) -> AnalysisResult:
+    """Load the study, analyse it and write every output into `out_dir` (`single_file_report`:
+    report.html with its pictures inside)."""
     app = new_scene()
     study = load_study(app, files)
     result = analyze(app.scene, study, options, app=app, progress=_scaled(progress, 0.0, 0.5))
-    write_output_folder(app, study, result, out_dir, progress=_scaled(progress, 0.5, 1.0))
+    write_output_folder(app, study, result, out_dir, progress=_scaled(progress, 0.5, 1.0),
+                        single_file_report=single_file_report)
     return result
 
 
 def run_dicom_analysis(folder, seg, options: Optional[Options], out_dir, overrides: Optional[dict] = None,
-                       label_names=None, progress: Progress = None, files: Optional[dict] = None) -> tuple:
+                       label_names=None, progress: Progress = None, files: Optional[dict] = None,
+                       single_file_report: bool = False) -> tuple:
     """A DICOM study in: recognise its series (overrides: role -> series UID, number or 'none'),
     analyse them with `seg` like run_analysis, and record in results.json which series were
     used for what and why. `files` (key -> path, e.g. {'t1': ...}) replaces a recognised series.
@@ -51,7 +55,7 @@ def run_dicom_analysis(folder, seg, options: Optional[Options], out_dir, overrid
         options = options or Options()
         if adc_units and "adc" in paths and options.adc_units in (None, "auto"):
             options = dataclasses.replace(options, adc_units=adc_units)
-        result = run_analysis(study, options, out_dir, progress)
+        result = run_analysis(study, options, out_dir, progress, single_file_report)
     source = chosen["dwi"] if "dwi" in chosen else chosen["adc"]
     written = _export_dicom(result, source.series.files, Path(out_dir) / "dicom", notes, fitted="dwi" in chosen)
     record = {"folder": str(folder), "series": {role: choice.describe() for role, choice in chosen.items()},
