@@ -113,7 +113,11 @@ def test_fat_suppressed_t1_is_neither_t1_nor_fs(phantom_dicom, tmp_path):
 
 def test_staged_volumes_equal_the_phantom_files(phantom_dicom, tmp_path):
     folder, truth, scrambled = phantom_dicom
-    chosen, _ = choose_series(scan_dicom_folder(scrambled), {"adc": "6", "dwi": "none"})
+    all_series = scan_dicom_folder(scrambled)
+    chosen, notes = choose_series(all_series, {"adc": "6"})  # the map chosen: the DWI is then left out
+    assert "dwi" not in chosen and any("DWI" in note and "not used" in note for note in notes)
+    with pytest.raises(InputError, match="--dwi-series and --adc-series"):
+        choose_series(all_series, {"adc": "6", "dwi": "5"})
     paths, units = stage_study(chosen, tmp_path / "staged")
     assert units == "1e-6"  # from the map's real-world value mapping (UCUM um2/s)
     for key, tolerance in (("t1", 0.5), ("t2", 0.5), ("fs", 0.5), ("adc", 0.0), ("ct", 0.0)):

@@ -54,7 +54,9 @@ def run_dicom_analysis(folder, seg, options: Optional[Options], out_dir, overrid
         study = StudyFiles(seg=Path(seg), label_names=label_names, **paths)
         options = options or Options()
         if adc_units and "adc" in paths and options.adc_units in (None, "auto"):
+            # The analysis then reports the units as given; say where they came from.
             options = dataclasses.replace(options, adc_units=adc_units)
+            notes.append(f"ADC map units {adc_units} taken from its DICOM real-world value mapping")
         result = run_analysis(study, options, out_dir, progress, single_file_report)
     source = chosen["dwi"] if "dwi" in chosen else chosen["adc"]
     written = _export_dicom(result, source.series.files, Path(out_dir) / "dicom", notes, fitted="dwi" in chosen)

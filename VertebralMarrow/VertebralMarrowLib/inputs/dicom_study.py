@@ -198,10 +198,17 @@ def choose_series(all_series: List[Series], overrides: Optional[dict] = None) ->
                              f"--{role}-series NUMBER (or UID, or none)")
         if found:
             chosen[role] = Choice(role, found[0][0], found[0][1])
-    if "dwi" in chosen and "adc" in chosen and "adc" not in overrides:
-        notes.append(f"{chosen['adc'].series.label} (scanner ADC map) not used: the DWI is fitted instead; "
-                     "choose the map with --adc-series")
-        del chosen["adc"]
+    if "dwi" in chosen and "adc" in chosen:
+        if "adc" in overrides and "dwi" in overrides:
+            raise InputError("--dwi-series and --adc-series both chosen; the ADC comes from one of them "
+                             "(fitted from the DWI, or the scanner's map)")
+        if "adc" in overrides:
+            notes.append(f"{chosen['dwi'].series.label} (DWI) not used: the scanner ADC map was chosen")
+            del chosen["dwi"]
+        else:
+            notes.append(f"{chosen['adc'].series.label} (scanner ADC map) not used: the DWI is fitted instead; "
+                         "choose the map with --adc-series")
+            del chosen["adc"]
     if "dwi" not in chosen and "adc" not in chosen:
         raise InputError("no diffusion series found (no series with two or more b-values in its headers and no "
                          "ADC map with ImageType ADC); choose one with --dwi-series or --adc-series")

@@ -95,8 +95,10 @@ def _reference_frames(files: List[Path], ijk_to_ras: np.ndarray, shape_kji: tupl
 
 
 def _bvalue_of(ds) -> float:
-    value = ds.get("DiffusionBValue")
-    return float(value) if value is not None else 0.0
+    from ..inputs.dicom_dwi import _bvalue
+
+    value = _bvalue(ds, None)  # any vendor's tag, as the DWI reader reads it
+    return value if value is not None else 0.0
 
 
 # ---------------------------------------------------------------------- SEG
