@@ -17,7 +17,7 @@ import csv
 import json
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -37,7 +37,6 @@ class ManifestRow:
     cells: dict
     line: int
     truth: Optional[Path] = None
-    notes: List[str] = field(default_factory=list)
 
 
 def read_manifest(path) -> tuple:

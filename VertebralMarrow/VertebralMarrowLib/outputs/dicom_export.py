@@ -19,7 +19,7 @@ from typing import List, Optional
 import numpy as np
 import pydicom
 
-from .. import DISCLAIMER, __version__
+from .. import __version__
 from ..errors import InputError
 
 SCHEME = "99VMARROW"  # private coding scheme ("99" prefix: local, as PS3.16 allows)
