@@ -308,3 +308,20 @@ def test_spine_fits_the_adc_from_dwi_like_the_scanner_map(phantom, tmp_path):
         # The same voxels; the scanner map is an OLS fit, the default fit is IWLS: close, not equal.
         assert int(fitted[level]["n_voxels_adc"]) == int(row["n_voxels_adc"]), level
         assert float(fitted[level]["adc_mean"]) == pytest.approx(float(row["adc_mean"]), rel=0.1), level
+
+
+def test_spine_from_a_dicom_study_reads_the_same_vertebrae(phantom, tmp_path):
+    from VertebralMarrowLib.phantom_dicom import write_phantom_dicom
+
+    study, truth, labels = phantom
+    write_phantom_dicom(study, tmp_path / "dicom", 5, truth["files"])
+    _, scanner = _spine(phantom, tmp_path, "totalspineseg")
+    out = tmp_path / "from-dicom"
+    assert main(["-q", "spine", "--labels", str(labels["totalspineseg"]), "--dicom", str(tmp_path / "dicom"),
+                 "--out", str(out)]) == 0
+    with (out / "spine.csv").open() as handle:
+        rows = {row["level"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == set(scanner)
+    for level, row in scanner.items():
+        assert float(rows[level]["adc_mean"]) == pytest.approx(float(row["adc_mean"]), rel=0.1), level
+        assert rows[level]["t1_ratio"] != "" and rows[level]["fs_ratio"] != "", level

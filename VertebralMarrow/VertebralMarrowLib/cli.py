@@ -320,7 +320,7 @@ def _spine(args, progress) -> int:
 
     result = run_spine(
         args.labels, args.out, adc=args.adc, dwi=args.dwi or (), bvalues=parse_bvalues(args.bvalues) if args.bvalues else (),
-        dwi_dicom=args.dwi_dicom, t1=args.t1, fs=args.fs, lesions=args.seg, label_names=args.label_names,
+        dwi_dicom=args.dwi_dicom, dicom=args.dicom, t1=args.t1, fs=args.fs, lesions=args.seg, label_names=args.label_names,
         options=Options(criteria_path=args.criteria, **{name: getattr(args, name) for name in (
             "adc_cutoff", "indeterminate_band", "adc_units", "min_voxels", "fit_method", "bmin", "bmax")}),
         spine_options=SpineOptions(scheme=args.scheme, erosion_mm=args.erosion_mm, marrow_max=args.marrow_max,

@@ -462,9 +462,13 @@ def _place_lesions(scene, app, lesions, labels: SpineLabels, vertebrae) -> List[
 def run_spine(labels_path, out_dir, adc=None, dwi: Sequence[Path] = (), bvalues: Sequence[float] = (), dwi_dicom=None,
               t1=None, fs=None, lesions=None, label_names=None, options: Optional[Options] = None,
               spine_options: Optional[SpineOptions] = None,
-              progress: Optional[Callable[[float, str], None]] = None) -> SpineResult:
-    """Load the files, read the whole spine and write spine.csv, spine.json, spine.png and
-    spine.html into `out_dir` (the `spine` command; also plain Python)."""
+              progress: Optional[Callable[[float, str], None]] = None, dicom=None) -> SpineResult:
+    """Load the files, read the whole spine and write spine.csv, spine.json, spine.png,
+    spine.html and spine.mrml into `out_dir` (the `spine` command; also plain Python). `dicom`:
+    a study folder whose series are recognised as `analyze --dicom` does (DWI, else the scanner
+    ADC map; T1 and FS unless given as files)."""
+    if dicom is not None:
+        return _run_spine_dicom(labels_path, out_dir, dicom, t1, fs, lesions, label_names, options, spine_options, progress)
     from .inputs.study import load_dwi, load_dwi_dicom
     from .mrml import load_volume, new_scene
     from .outputs.spine_report import write_spine_outputs, write_spine_scene
@@ -491,3 +495,24 @@ def run_spine(labels_path, out_dir, adc=None, dwi: Sequence[Path] = (), bvalues:
     write_spine_outputs(result, out_dir)
     write_spine_scene(scene, result, out_dir, [node for node in (t1_node, fs_node) if node is not None])
     return result
+
+
+def _run_spine_dicom(labels_path, out_dir, folder, t1, fs, lesions, label_names, options, spine_options, progress):
+    import dataclasses
+    import tempfile
+
+    from .inputs.dicom_study import choose_series, scan_dicom_folder, stage_study
+
+    if options is None:
+        options = Options()
+    chosen, _ = choose_series(scan_dicom_folder(folder))
+    with tempfile.TemporaryDirectory(prefix="vertebral-marrow-spine-") as staging:
+        paths, adc_units = stage_study(chosen, staging)
+        if "dwi_dicom" not in paths and adc_units and options.adc_units in (None, "auto"):
+            options = dataclasses.replace(options, adc_units=adc_units)
+        if "dwi_dicom" not in paths and "adc" not in paths:
+            raise InputError(f"{folder}: no diffusion series and no ADC map among the DICOM series")
+        return run_spine(labels_path, out_dir, adc=None if "dwi_dicom" in paths else paths["adc"],
+                         dwi_dicom=paths.get("dwi_dicom"), t1=t1 or paths.get("t1"), fs=fs or paths.get("fs"),
+                         lesions=lesions, label_names=label_names, options=options, spine_options=spine_options,
+                         progress=progress)
