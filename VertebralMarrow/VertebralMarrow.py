@@ -41,8 +41,12 @@ from VertebralMarrowLib.mrml import HeadlessApp
 
 try:
     from slicer.i18n import tr as _
+    from slicer.i18n import translate
 except ImportError:  # Slicer releases before translations (5.2, 5.3)
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 
@@ -59,7 +63,9 @@ class VertebralMarrow(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Vertebral Marrow")
-        self.parent.categories = [_("Quantification")]
+        # The category in Slicer's own context, as its modules give it, so a translated Slicer
+        # shows one "Quantification" category, not two.
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["VertebralMarrow developers"]
         self.parent.helpText = _(
@@ -163,6 +169,9 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._roleRows = []  # (segment id, name) of the rows the roles table shows
         self._lesionNames = []
         self._updatingGui = False
+        self._applying = False
+        self._shownDifferential = None  # (result document text, lesion) the differential box shows
+        self._document = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -182,6 +191,12 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # These connections ensure that we update parameter node when scene is closed
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # A loaded scene's parameter node may have been read before the nodes it refers to
+        # existed: bind the panel again once the whole scene is in.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        # A deleted DWI volume stays in the node list as None (the checkable combo box emits
+        # nothing when a row goes): drop it.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
 
         self.ui.disclaimerLabel.text = _(DISCLAIMER)
         self.ui.differentialBrowser.setHtml(panel.differential_html(None, None))
@@ -228,12 +243,26 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Parameter node will be reset, do not use it anymore
         self.setParameterNode(None)
         self.logic.forgetResult()
+        self._observeSegmentation(None)  # nor keep the closed scene's segmentation alive
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
         # If this module is shown while the scene is closed then recreate a new parameter node immediately
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """Called after a scene was loaded or imported: a new wrapper reads every reference."""
+        if self.parent.isEntered:
+            self.setParameterNode(None)
+            self.initializeParameterNode()
+
+    def onNodeRemoved(self, caller, event) -> None:
+        if self._parameterNode is None or slicer.mrmlScene.IsClosing() or slicer.mrmlScene.IsImporting():
+            return
+        volumes = list(self._parameterNode.dwiVolumes)
+        if None in volumes:
+            self._parameterNode.dwiVolumes = [node for node in volumes if node is not None]
 
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
@@ -267,6 +296,8 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._applying:
+            return
         blocker = _(panel.apply_blocker(self._parameterNode)) if self._parameterNode else _("No parameter node.")
         if not blocker:
             self.ui.applyButton.toolTip = _("Measure every ROI, classify the lesions and rank their differential")
@@ -367,7 +398,10 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         shown = self.ui.resultsTableView.mrmlTableNode()
         if (shown.GetID() if shown else None) != (table.GetID() if table else None):
             self.ui.resultsTableView.setMRMLTableNode(table)
-        document = panel.result_from_table(table)
+        text = table.GetAttribute(panel.DOCUMENT_ATTRIBUTE) if table is not None else None
+        if self._shownDifferential is None or text != self._shownDifferential[0]:
+            self._document = panel.result_from_table(table)
+        document = self._document
         names = panel.lesion_names(document)
         combo = self.ui.lesionComboBox
         if names != self._lesionNames:
@@ -379,7 +413,11 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.setCurrentIndex(names.index(current))
             combo.blockSignals(wasBlocked)
             self._lesionNames = names
-        self.ui.differentialBrowser.setHtml(panel.differential_html(document, combo.currentText or None))
+        # Only when the result or the lesion changed: setHtml re-parses and resets the scroll.
+        shown = (text, combo.currentText or None)
+        if shown != self._shownDifferential:
+            self.ui.differentialBrowser.setHtml(panel.differential_html(document, combo.currentText or None))
+            self._shownDifferential = shown
         self.ui.exportButton.enabled = self.logic.lastResult is not None
 
     def onLesionChanged(self, index: int) -> None:
@@ -395,9 +433,22 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button."""
+        # processEvents() in the progress callback lets clicks through: no second run inside this one
+        if self._applying:
+            return
+        self._applying = True
+        self.ui.applyButton.enabled = False
+        try:
+            self._apply()
+        finally:
+            self._applying = False
+            self._checkCanApply()
+
+    def _apply(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
             progressDialog = slicer.util.createProgressDialog(
-                windowTitle=_("Vertebral Marrow"), labelText=_("Starting the analysis"), maximum=100)
+                windowTitle=_("Vertebral Marrow"), labelText=_("Starting the analysis"), maximum=100,
+                windowModality=qt.Qt.ApplicationModal)
 
             def progress(fraction: float, text: str) -> None:
                 progressDialog.labelText = text

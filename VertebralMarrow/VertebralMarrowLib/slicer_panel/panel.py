@@ -134,7 +134,7 @@ def study_from_parameters(params) -> StudyNodes:
     """The study's nodes from the panel's selections; segment roles come from the segment tags."""
     if params.segmentation is None:
         raise InputError("select the segmentation that holds the lesion and normal-marrow ROIs")
-    dwi_given = params.dwiSequence is not None or len(list(params.dwiVolumes or ())) > 0
+    dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
     if params.adcVolume is not None and dwi_given:
         raise InputError("select either an ADC map or DWI (sequence or volumes), not both")
     if params.adcVolume is None and not dwi_given:
@@ -179,14 +179,14 @@ def dwi_inputs(sequence=None, volumes: Sequence = (), bvalues_text: str = "") ->
     else:
         nodes, own = [], []
         for node in volumes:
-            if node.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
-                expanded, values = _expand_diffusion_weighted(node)
+            if node.IsA("vtkMRMLDiffusionWeightedVolumeNode") or _frame_labels(node) is not None:
+                expanded, values = expanded_frames(node)
                 nodes += expanded
                 own += values
             else:
                 nodes.append(node)
                 own.append(None)
-        source = "the diffusion-weighted volume"
+        source = "the diffusion-weighted or multi-volume node"
     if len(nodes) < 2:
         raise InputError(f"an ADC fit needs DWI at two or more b-values; {len(nodes)} volume(s) selected")
     if text:
@@ -221,7 +221,12 @@ def _sequence_bvalues(sequence) -> List[Optional[float]]:
     says_b = any(key in name for key in _BVALUE_INDEX_NAMES) or unit in _BVALUE_INDEX_UNITS
     count = sequence.GetNumberOfDataNodes()
     if not says_b:
-        return [None] * count
+        # Slicer's DICOM loader (MultiVolumeImporter) leaves the index name empty and keeps
+        # the b-values as MultiVolume.FrameLabels on the sequence or its volumes.
+        labels = _frame_labels(sequence)
+        if labels is None and count:
+            labels = _frame_labels(sequence.GetNthDataNode(0))
+        return labels if labels is not None and len(labels) == count else [None] * count
     values = []
     for i in range(count):
         try:
@@ -231,6 +236,74 @@ def _sequence_bvalues(sequence) -> List[Optional[float]]:
     return values
 
 
+# MultiVolumeImporter's attributes (Slicer's DICOM loader for multi-frame series): the frame
+# labels, and the DICOM tag that tells the frames apart (a b-value tag for DWI).
+FRAME_LABELS_ATTRIBUTE = "MultiVolume.FrameLabels"
+FRAME_TAG_ATTRIBUTE = "MultiVolume.FrameIdentifyingDICOMTagName"
+_NOT_BVALUE_TAGS = ("triggertime", "echotime", "acquisitiontime", "contenttime", "flipangle", "repetitiontime",
+                    "inversiontime", "temporalposition", "time")
+
+
+def _frame_labels(node) -> Optional[List[float]]:
+    """The b-values a node's MultiVolume.FrameLabels attribute holds, or None (no such
+    attribute, labels that are not numbers, or frames told apart by a tag that is not a
+    b-value, e.g. a DCE series' trigger time)."""
+    if node is None:
+        return None
+    text = node.GetAttribute(FRAME_LABELS_ATTRIBUTE)
+    if not text:
+        return None
+    tag = (node.GetAttribute(FRAME_TAG_ATTRIBUTE) or "").replace(" ", "").replace("_", "").lower()
+    if tag and "bvalue" not in tag and tag in _NOT_BVALUE_TAGS:
+        return None
+    try:
+        return [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        return None
+
+
+# Expanded frames by node and modification times: the panel asks for the DWI summary on every
+# parameter change, and expanding a whole-body DWI takes about a second.
+_EXPANDED: Dict[tuple, Tuple[list, List[float]]] = {}
+
+
+def expanded_frames(node) -> Tuple[list, List[float]]:
+    """One scalar volume per frame of a diffusion-weighted volume node or a MultiVolume node
+    (a volume whose voxels have one component per frame and MultiVolume.FrameLabels), with
+    their b-values; the same nodes again while the node and its voxels are unchanged."""
+    image = node.GetImageData()
+    key = (node.GetID() or str(id(node)), node.GetMTime(), image.GetMTime() if image is not None else 0)
+    if key not in _EXPANDED:
+        if len(_EXPANDED) > 8:
+            _EXPANDED.clear()
+        if node.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
+            _EXPANDED[key] = _expand_diffusion_weighted(node)
+        else:
+            _EXPANDED[key] = _expand_multivolume(node)
+    return _EXPANDED[key]
+
+
+def _expand_multivolume(node) -> Tuple[list, List[float]]:
+    values = _frame_labels(node)
+    array = array_of(node)
+    if array.ndim != 4 or values is None or array.shape[-1] != len(values):
+        raise InputError(f"multi-volume '{node.GetName()}' has {len(values or [])} frame labels but its voxels "
+                         f"do not have one component per frame")
+    return _frame_volumes(node, array, values), values
+
+
+def _frame_volumes(node, array, values) -> list:
+    grid = ijk_to_ras_of(node)
+    volumes = []
+    for index, value in enumerate(values):
+        volume = slicer.vtkMRMLScalarVolumeNode()
+        volume.SetName(f"{node.GetName()} b={value:g} #{index}")
+        set_ijk_to_ras(volume, grid)
+        slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(array[..., index]))
+        volumes.append(volume)
+    return volumes
+
+
 def _expand_diffusion_weighted(node) -> Tuple[list, List[float]]:
     """One scalar volume per gradient of a diffusion-weighted volume node (outside any
     scene: only their voxels and geometry are used), with the node's b-values."""
@@ -238,15 +311,14 @@ def _expand_diffusion_weighted(node) -> Tuple[list, List[float]]:
     count = node.GetNumberOfGradients()
     if array.ndim != 4 or array.shape[-1] != count:
         raise InputError(f"diffusion-weighted volume '{node.GetName()}' has {count} gradients but its voxels do not match")
-    grid = ijk_to_ras_of(node)
-    volumes = []
-    for index in range(count):
-        volume = slicer.vtkMRMLScalarVolumeNode()
-        volume.SetName(f"{node.GetName()} b={node.GetBValue(index):g} #{index}")
-        set_ijk_to_ras(volume, grid)
-        slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(array[..., index]))
-        volumes.append(volume)
-    return volumes, [float(node.GetBValue(index)) for index in range(count)]
+    values = [float(node.GetBValue(index)) for index in range(count)]
+    return _frame_volumes(node, array, values), values
+
+
+def present(nodes) -> list:
+    """The nodes of a node-list parameter still there: Slicer's list serializer keeps a None
+    for a node deleted from the scene."""
+    return [node for node in (nodes or ()) if node is not None]
 
 
 def apply_blocker(params) -> str:
@@ -256,12 +328,12 @@ def apply_blocker(params) -> str:
         return "No parameter node."
     if params.segmentation is None:
         return "Select the segmentation with the lesion and normal-marrow ROIs."
-    dwi_given = params.dwiSequence is not None or len(list(params.dwiVolumes or ())) > 0
+    dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
     if params.adcVolume is None and not dwi_given:
         return "Select an ADC map, or DWI (a multi-b sequence or volumes) to fit one."
     if params.adcVolume is not None and dwi_given:
         return "Select either an ADC map or DWI, not both."
-    if params.dwiSequence is not None and list(params.dwiVolumes or ()):
+    if params.dwiSequence is not None and present(params.dwiVolumes):
         return "Select either a DWI sequence or DWI volumes, not both."
     return ""
 
@@ -277,7 +349,7 @@ def citations() -> List[str]:
 def dwi_summary(params) -> str:
     """One line for the panel under the DWI inputs: which b-value goes with which volume, or
     what is wrong; empty when no DWI is selected."""
-    if params.dwiSequence is None and not list(params.dwiVolumes or ()):
+    if params.dwiSequence is None and not present(params.dwiVolumes):
         return ""
     try:
         nodes, bvalues, source = dwi_inputs(params.dwiSequence, params.dwiVolumes, params.bvalues)
