@@ -260,7 +260,8 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onNodeRemoved(self, caller, event) -> None:
         if self._parameterNode is None or slicer.mrmlScene.IsClosing() or slicer.mrmlScene.IsImporting():
             return
-        volumes = list(self._parameterNode.dwiVolumes)
+        # read through a new wrapper: the panel's cached one may not have seen the change yet
+        volumes = list(self.logic.getParameterNode().dwiVolumes)
         if None in volumes:
             self._parameterNode.dwiVolumes = [node for node in volumes if node is not None]
 
@@ -282,9 +283,11 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
         """
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            if self._parameterNodeGuiTag is not None:  # None after exit()
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            for method in (self._checkCanApply, self._onParameterNodeModified):
+                if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, method):
+                    self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, method)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each

@@ -1,0 +1,295 @@
+"""The module's real widget and its in-Slicer self-test, run under the rig (Testing/slicer_rig):
+PySide6 under PythonQt's rules, CTK/qMRML stand-ins, slicer.app on slicer-core's MRML, and
+Slicer's own Python layer (ScriptedLoadableModule, parameterNodeWrapper) read in place from
+../shared/slicer-source. One scenario per defect of issue 13.
+
+Every test fails on an exception raised in a slot or a VTK observer (PythonQt and VTK would
+only print it) and on a VTK error logged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from slicer_rig import install, slicer_source  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_PY = ROOT / "VertebralMarrow" / "VertebralMarrow.py"
+SOURCE = slicer_source()
+pytestmark = pytest.mark.skipif(SOURCE is None, reason="../shared/slicer-source (Slicer's Python layer) is absent")
+
+
+@pytest.fixture()
+def rig():
+    rig = install(SOURCE)
+    rig.new_application(translations={("qSlicerAbstractCoreModule", "Quantification"): "Quantifizierung"})
+    yield rig
+    assert rig.errors == [], "exceptions in slots or observers:\n" + "\n".join(text for _, text in rig.errors)
+
+
+@pytest.fixture()
+def shown(rig):
+    """The module loaded and shown (setup, enter): (rig, python module, parent, widget)."""
+    module, parent = rig.load_module(MODULE_PY)
+    widget = rig.show(module, parent)
+    return rig, module, parent, widget
+
+
+def vtk_errors(rig):
+    return [line for line in rig.vtk_messages().splitlines() if line.startswith("ERROR")]
+
+
+def study(module, rig, dwi=False):
+    from VertebralMarrowLib.slicer_panel import panel
+
+    return panel.self_test_study(rig.scene, module.VertebralMarrowLogic.application(), dwi=dwi)
+
+
+def test_widget_sets_up_and_the_self_test_passes(shown):
+    rig, module, parent, widget = shown
+    assert widget.ui.applyButton.enabled is False
+    assert "segmentation" in widget.ui.applyButton.toolTip
+    test = module.VertebralMarrowTest()
+    test.messageDelay = 0
+    test.runTest()
+    assert vtk_errors(rig) == []          # defect 9: no SetNamesInitialised error on Apply
+
+
+def test_category_in_slicers_translation_context(shown):
+    # defect 7: a translated Slicer shows the module under its own "Quantification" category
+    rig, module, parent, widget = shown
+    assert parent.categories == ["Quantifizierung"]
+
+
+def test_checkable_dwi_box_has_no_none_row(shown):
+    # defect 6
+    rig, module, parent, widget = shown
+    assert widget.ui.dwiVolumesSelector.noneEnabled is False
+    assert widget.ui.dwiVolumesSelector.rows() == [n.GetID() for n in widget.ui.dwiVolumesSelector.uncheckedNodes()]
+
+
+def test_slider_drag_on_a_diffusion_weighted_volume_expands_it_once(shown, monkeypatch):
+    # defect 1: 20 cut-off steps and 12 keystrokes, one expansion
+    import slicer
+    from VertebralMarrowLib.slicer_panel import panel
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig, dwi=True)
+    dw = slicer.vtkMRMLDiffusionWeightedVolumeNode()
+    dw.SetName("dwi")
+    rig.scene.AddNode(dw)
+    stack = np.stack([slicer.util.arrayFromVolume(v) for v in s.dwi], axis=-1)
+    image = __import__("vtk").vtkImageData()
+    image.SetDimensions(stack.shape[2], stack.shape[1], stack.shape[0])
+    image.AllocateScalars(__import__("vtk").VTK_FLOAT, stack.shape[-1])
+    dw.SetAndObserveImageData(image)
+    slicer.util.arrayFromVolume(dw)[:] = stack
+    dw.SetNumberOfGradients(len(panel.SELF_TEST_BVALUES))
+    for index, b in enumerate(panel.SELF_TEST_BVALUES):
+        dw.SetBValue(index, b)
+    calls = []
+    real = panel._expand_diffusion_weighted
+    monkeypatch.setattr(panel, "_expand_diffusion_weighted", lambda node: calls.append(node) or real(node))
+    params = widget.logic.getParameterNode()
+    params.segmentation = s.segmentation
+    for node in s.dwi:
+        rig.scene.RemoveNode(node)
+    widget.ui.dwiVolumesSelector.check(dw)
+    assert list(params.dwiVolumes) == [dw]
+    assert "b=800" in widget.ui.dwiSummaryLabel.text and "4 volumes" in widget.ui.dwiSummaryLabel.text
+    for step in range(20):
+        widget.ui.cutoffSliderWidget.value = 1.0 + 0.01 * step
+    for text in "0,50,400,800":
+        widget.ui.bvaluesLineEdit.text = widget.ui.bvaluesLineEdit.text + text
+    assert params.cutoff == pytest.approx(1.19) and params.bvalues == "0,50,400,800"
+    assert len(calls) == 1
+
+
+def test_deleted_dwi_volumes_leave_apply_usable(shown):
+    # defect 2: deleting the checked DWI volumes, then choosing an ADC map, enables Apply
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig, dwi=True)
+    params = widget.logic.getParameterNode()
+    params.segmentation = s.segmentation
+    for node in s.dwi:
+        widget.ui.dwiVolumesSelector.check(node)
+    assert len(params.dwiVolumes) == 4
+    for node in s.dwi:
+        rig.scene.RemoveNode(node)
+    assert list(params.dwiVolumes) == []
+    adc = rig.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ADC")
+    params.adcVolume = adc
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
+
+
+def test_export_adds_no_converter_rule(shown, tmp_path):
+    # defect 3
+    import slicer
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.onApplyButton()
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    counts = []
+    for run in range(3):
+        widget.logic.exportReport(tmp_path / f"report{run}")
+        counts.append(len(factory.GetConverterRules()))
+    assert counts[0] == counts[1] == counts[2]
+    assert sorted({r.GetClassName() for r in factory.GetConverterRules()}) == sorted(
+        r.GetClassName() for r in factory.GetConverterRules())
+
+
+def test_differential_box_is_not_rebuilt_by_unrelated_changes(shown, monkeypatch):
+    # defect 4
+    from VertebralMarrowLib.slicer_panel import panel
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.onApplyButton()
+    built = []
+    real = panel.differential_html
+    monkeypatch.setattr(panel, "differential_html", lambda *a: built.append(a) or real(*a))
+    for step in range(10):
+        widget.ui.overlayOpacitySliderWidget.value = 0.1 * step
+    assert built == []
+    widget.ui.lesionComboBox.setCurrentIndex(1)
+    assert len(built) == 1 and "L4 lesion" in widget.ui.differentialBrowser.toPlainText()
+
+
+def test_apply_cannot_be_re_entered(shown, monkeypatch):
+    # defect 5: a click during the run (processEvents) starts nothing; the button is off meanwhile
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    runs, during = [], []
+    real = widget.logic.process
+
+    def process(parameterNode, progress=None, cancelled=None, **kwargs):
+        runs.append(1)
+        during.append(widget.ui.applyButton.enabled)
+        widget.ui.applyButton.click()
+        return real(parameterNode, progress=progress, cancelled=cancelled, **kwargs)
+
+    monkeypatch.setattr(widget.logic, "process", process)
+    widget.ui.applyButton.click()
+    assert runs == [1] and during == [False]
+    assert widget.ui.applyButton.enabled
+
+
+def test_closed_scene_segmentation_is_not_observed(shown):
+    # defect 8
+    import slicer
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    widget.logic.getParameterNode().segmentation = s.segmentation
+    segmentation = s.segmentation
+    assert segmentation.HasObserver(slicer.vtkSegmentation.SegmentAdded)
+    rig.scene.Clear(0)
+    assert not segmentation.HasObserver(slicer.vtkSegmentation.SegmentAdded)
+    assert widget._observedSegmentation is None
+
+
+def test_exit_and_enter_rebind_the_panel(shown):
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    rig.hide(parent)
+    params.cutoff = 1.5
+    assert widget.ui.cutoffSliderWidget.value != 1.5      # not bound while hidden
+    rig.show(module, parent)
+    assert widget.ui.cutoffSliderWidget.value == 1.5
+    widget.ui.cutoffSliderWidget.value = 1.3
+    assert widget.logic.getParameterNode().cutoff == pytest.approx(1.3)
+
+
+def test_scene_saved_and_reloaded_with_the_module_shown(shown, tmp_path):
+    # defect 11: after loading, the panel's wrapper sees the result nodes
+    import slicer
+
+    rig, module, parent, widget = shown
+    s, expected = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.onApplyButton()
+    table_name = params.resultsTable.GetName()
+    scene = rig.scene
+    scene.SetRootDirectory(str(tmp_path))
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if node.IsA("vtkMRMLStorableNode") and not node.GetHideFromEditors() and node.GetScene() is scene:
+            if node.GetStorageNode() is None:
+                node.AddDefaultStorageNode()
+            storage = node.GetStorageNode()
+            if storage is not None:
+                storage.SetFileName(str(tmp_path / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+                storage.WriteData(node)
+    mrml = tmp_path / "scene.mrml"
+    scene.SetURL(str(mrml))
+    assert scene.Commit()
+    scene.Clear(0)
+    assert widget.logic.getParameterNode().resultsTable is None
+    scene.SetURL(str(mrml))
+    assert scene.Import()
+    wrapper = widget._parameterNode
+    assert wrapper.resultsTable is not None and wrapper.resultsTable.GetName() == table_name
+    assert wrapper.overlayVolume is not None and wrapper.segmentation is not None
+    assert widget.ui.resultsTableView.mrmlTableNode() is wrapper.resultsTable
+    assert widget.ui.lesionComboBox.count == 2
+
+
+def test_dwi_sequence_from_dicom_loader_frame_labels(shown):
+    # a volume sequence as MultiVolumeImporter leaves it: empty index name, b-values as FrameLabels
+    import slicer
+
+    rig, module, parent, widget = shown
+    s, expected = study(module, rig, dwi=True)
+    sequence = rig.scene.AddNewNodeByClass("vtkMRMLSequenceNode", "DWI series")
+    for index, node in enumerate(s.dwi):
+        sequence.SetDataNodeAtValue(node, str(index))
+    sequence.SetAttribute("MultiVolume.FrameLabels", "0,50,400,800")
+    sequence.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "DiffusionBValue")
+    for node in s.dwi:
+        rig.scene.RemoveNode(node)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.dwiSequence = s.segmentation, sequence
+    text = widget.ui.dwiSummaryLabel.text
+    assert "b-values from the index values of sequence 'DWI series'" in text and "b=800" in text
+    assert widget.ui.applyButton.enabled
+    widget.onApplyButton()
+    adc = slicer.util.arrayFromTableColumn(params.resultsTable, "adc_mean")
+    assert adc == pytest.approx([expected["adc_mean"][n] for n in ("L2 lesion", "L4 lesion", "L3 normal")], abs=1e-3)
+
+
+def test_module_folder_compiles_on_python_3_9_syntax():
+    import ast
+
+    for path in (ROOT / "VertebralMarrow").rglob("*.py"):
+        ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, 9))
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.12"])
+def test_module_folder_compiles_on_slicers_pythons(version, tmp_path):
+    found = sorted(Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}")) or \
+        ([Path(shutil.which(f"python{version}"))] if shutil.which(f"python{version}") else [])
+    if not found:
+        pytest.skip(f"no Python {version} interpreter on this machine")
+    result = subprocess.run([str(found[-1]), "-m", "compileall", "-q", "-d", "x", str(ROOT / "VertebralMarrow")],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
