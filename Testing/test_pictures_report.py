@@ -29,7 +29,6 @@ from VertebralMarrowLib.analysis import analyze
 from VertebralMarrowLib.core.criteria import Options
 from VertebralMarrowLib.mrml import load_segmentation, new_scene, segment_ids, segment_name, write_node
 from VertebralMarrowLib.outputs.nodes import class_color_node, overlay_node
-from VertebralMarrowLib.phantom import make_phantom
 from VertebralMarrowLib.outputs.pictures import VIEW_PIXELS, SliceRenderer, plot_nodes, roi_outlines, view_boxes
 from VertebralMarrowLib.pipeline import run_analysis
 from VertebralMarrowLib.outputs.report import write_report
@@ -61,10 +60,9 @@ def _study_files(folder: Path, truth: dict) -> StudyFiles:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, phantom_copy):
     root = tmp_path_factory.mktemp("pictures_report")
-    study = root / "study"
-    truth = make_phantom(study, seed=5)
+    study, truth = phantom_copy(5)
     _rename_segment(study / truth["files"]["seg"], RENAMED, MARKUP_NAME)
     truth["segments"][MARKUP_NAME] = truth["segments"].pop(RENAMED)
     out = root / "out"

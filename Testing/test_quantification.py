@@ -31,7 +31,6 @@ from VertebralMarrowLib import mrml
 from VertebralMarrowLib.analysis import StudyNodes, analyze
 from VertebralMarrowLib.core.criteria import Options
 from VertebralMarrowLib.errors import InputError
-from VertebralMarrowLib.phantom import make_phantom
 from VertebralMarrowLib.inputs.study import StudyFiles, load_dwi, load_study
 
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (its own inverse)
@@ -862,9 +861,8 @@ def layer_image(image: sitk.Image, layer: int) -> sitk.Image:
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("phantom")
-    truth = make_phantom(folder, seed=0)
+def phantom(phantom_study):
+    folder, truth = phantom_study(0)
     assert json.loads((folder / "ground_truth.json").read_text()) == truth
     return folder, truth
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import DISCLAIMER, __version__
 from .core.adc import decide_adc_units, fit_adc_volume, select_bvalues, trace_weighted
-from .core.criteria import Options, ResolvedOptions
+from .core.criteria import Options
 from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
 from .mrml import (
@@ -78,7 +78,7 @@ class AnalysisResult:
     adc_units: str
     bvalues_used: Optional[List[float]]
     warnings: List[str]
-    options: ResolvedOptions
+    options: Options
     inputs: Dict[str, str]
     rois_on_adc: SegmentsOnGrid      # the measured segments on the ADC grid, for pictures
     disclaimer: str = DISCLAIMER
@@ -202,7 +202,7 @@ def _roles(segmentation, ids, names, given: Dict[str, str], reference_names: Seq
     return roles
 
 
-def _adc(scene, study: StudyNodes, options: ResolvedOptions, warnings: List[str], step):
+def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
     if study.adc is not None and study.dwi:
         raise InputError("give either an ADC map or DWI volumes, not both")
     if study.adc is not None:
@@ -279,7 +279,7 @@ def _ratio(value: Optional[float], reference: Optional[float]) -> Optional[float
     return value / reference
 
 
-def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean, spread, options: ResolvedOptions):
+def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean, spread, options: Options):
     mean_adc = adc.get("mean")
     if mean_adc is not None and mean_adc < 0:
         raise InputError(f"ROI '{name}' has a negative mean ADC ({mean_adc:.3g} x 10^-3 mm^2/s); check the ADC map and --adc-units")
@@ -358,7 +358,7 @@ def _known(signal: str) -> Optional[str]:
     return None if signal == "n/a" else signal
 
 
-def _versus(value: Optional[float], reference: Optional[float], options: ResolvedOptions) -> Optional[str]:
+def _versus(value: Optional[float], reference: Optional[float], options: Options) -> Optional[str]:
     return _known(classify_signal(_ratio(value, reference), options.signal_low_below, options.signal_high_above))
 
 
@@ -369,7 +369,7 @@ def _fat_percent(mean_fraction: Optional[float]) -> Optional[float]:
     return mean_fraction * 100.0 if mean_fraction <= 1.0 else mean_fraction
 
 
-def _overlay(on_adc, lesion_ids: Sequence[str], adc_map: np.ndarray, options: ResolvedOptions) -> np.ndarray:
+def _overlay(on_adc, lesion_ids: Sequence[str], adc_map: np.ndarray, options: Options) -> np.ndarray:
     in_lesion = np.zeros(adc_map.shape, bool)
     for labels, layer_ids in zip(on_adc.labels, on_adc.ids_per_layer):
         values = [index + 1 for index, sid in enumerate(layer_ids) if sid in lesion_ids]
