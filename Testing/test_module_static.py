@@ -1033,7 +1033,7 @@ def test_dwi_inputs_expand_a_diffusion_weighted_volume(app):
     from VertebralMarrowLib.mrml import set_ijk_to_ras
     set_ijk_to_ras(node, matrix)
     nodes, values, source = panel.dwi_inputs(None, [node], "")
-    assert values == bvalues and source == "the diffusion-weighted volume"
+    assert values == bvalues and source == "the diffusion-weighted or multi-volume node"
     for volume, b in zip(nodes, bvalues):
         assert np.allclose(ijk_to_ras_of(volume), matrix)
         assert array_of(volume).shape == (2, 3, 4)
