@@ -221,8 +221,6 @@ def test_exit_and_enter_rebind_the_panel(shown):
 
 def test_scene_saved_and_reloaded_with_the_module_shown(shown, tmp_path):
     # defect 11: after loading, the panel's wrapper sees the result nodes
-    import slicer
-
     rig, module, parent, widget = shown
     s, expected = study(module, rig)
     params = widget.logic.getParameterNode()
@@ -293,3 +291,36 @@ def test_module_folder_compiles_on_slicers_pythons(version, tmp_path):
     result = subprocess.run([str(found[-1]), "-m", "compileall", "-q", "-d", "x", str(ROOT / "VertebralMarrow")],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_extension_configures_and_builds_with_slicers_macros(tmp_path):
+    """CMakeLists.txt with Slicer's real slicerMacroBuildScriptedModule (and CTK's compile
+    macro): the build tree holds every script (and its .pyc) and resource, and the module's
+    own test and the generic module test are registered."""
+    import sysconfig
+
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    config = Path(__file__).resolve().parent / "slicer_rig" / "cmake"
+    library = Path(sysconfig.get_config_var("LIBDIR") or "") / (sysconfig.get_config_var("LDLIBRARY") or "")
+    build = tmp_path / "build"
+    configure = subprocess.run(
+        [cmake, "-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={config}", f"-DSLICER_SOURCE={SOURCE}",
+         f"-DRIG_PYTHON={sys.executable}", f"-DRIG_PYTHON_LIBRARY={library}", "-DBUILD_TESTING=ON"],
+        capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    built = subprocess.run([cmake, "--build", str(build)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    tree = build / "lib" / "Slicer-5.12" / "qt-scripted-modules"
+    module_dir = ROOT / "VertebralMarrow"
+    for script in module_dir.rglob("*.py"):
+        relative = script.relative_to(module_dir)
+        assert (tree / relative).is_file(), relative
+        assert (tree / relative).with_suffix(".pyc").is_file(), relative
+    for resource in ("Resources/UI/VertebralMarrow.ui", "Resources/Icons/VertebralMarrow.png",
+                     "VertebralMarrowLib/core/criteria.json"):
+        assert (tree / resource).is_file(), resource
+    listed = subprocess.run([shutil.which("ctest") or "ctest", "-N"], cwd=build, capture_output=True, text=True).stdout
+    assert "py_VertebralMarrow" in listed
+    assert "py_nomainwindow_qSlicerVertebralMarrowModuleGenericTest" in listed

@@ -72,7 +72,7 @@ class Rig:
             sys.modules["slicer.modules"] = slicer.modules = types.ModuleType("slicer.modules")
         for cls in widgets.QMRML:
             setattr(slicer, cls.__name__, cls)
-        from .application import Application, qSlicerScriptedLoadableModuleWidget
+        from .application import qSlicerScriptedLoadableModuleWidget
 
         slicer.qSlicerScriptedLoadableModuleWidget = qSlicerScriptedLoadableModuleWidget
         self.slicer = slicer
@@ -85,20 +85,20 @@ class Rig:
     def _excepthook(self, kind, value, tb):
         pythonqt.record_error("a VTK observer or Qt callback", "".join(traceback.format_exception(kind, value, tb)))
 
-    def new_application(self, translations=None):
-        """A fresh scene and slicer.app (Slicer's own start-up), no module loaded."""
+    def new_application(self, translations=None, headless=None):
+        """A fresh scene (or `headless`, a VertebralMarrowLib.mrml.HeadlessApp) and slicer.app
+        (Slicer's own start-up), no module loaded."""
         from VertebralMarrowLib.mrml import new_scene
 
         from .application import Application
 
-        headless = new_scene()
+        headless = headless or new_scene()
         self.scene = headless.scene
         self.app = Application(headless.scene, headless.app_logic, headless.segmentations_logic, translations)
         self.slicer.mrmlScene = headless.scene
         self.slicer.app = self.app
         self.slicer.modules.segmentations = types.SimpleNamespace(logic=lambda: headless.segmentations_logic)
         del self.errors[:]
-        self._output.SetOutput("") if hasattr(self._output, "SetOutput") else None
         self.vtk_reset()
         return self.app
 

@@ -33,7 +33,7 @@ import vtk
 from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Property, Signal
 
-from .pythonqt import PythonQtObject, pythonqt_class, register_stand_ins
+from .pythonqt import PythonQtObject, register_stand_ins
 
 Qt = QtCore.Qt
 
