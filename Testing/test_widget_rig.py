@@ -127,7 +127,9 @@ def test_deleted_dwi_volumes_leave_apply_usable(shown):
     for node in s.dwi:
         rig.scene.RemoveNode(node)
     assert list(params.dwiVolumes) == []
-    adc = rig.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ADC")
+    from VertebralMarrowLib.mrml import volume_from_array
+
+    adc = volume_from_array(rig.scene, np.full((4, 4, 4), 1.0, np.float32), np.eye(4), "ADC")
     params.adcVolume = adc
     assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
 

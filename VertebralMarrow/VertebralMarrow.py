@@ -36,7 +36,7 @@ from slicer.util import VTKObservationMixin
 from VertebralMarrowLib import DISCLAIMER, __version__
 from VertebralMarrowLib import analysis
 from VertebralMarrowLib.outputs import folder as output_folder
-from VertebralMarrowLib.slicer_panel import panel
+from VertebralMarrowLib.slicer_panel import panel, series
 from VertebralMarrowLib.mrml import HeadlessApp
 
 try:
@@ -276,6 +276,15 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstSegmentationNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
             if firstSegmentationNode:
                 self._parameterNode.segmentation = firstSegmentationNode
+        # and the volumes whose series descriptions say what they are (the user can change them)
+        parameters = self._parameterNode
+        chosen = {name: getattr(parameters, name) for name in
+                  ("adcVolume", "dwiSequence", "dwiVolumes", "t1Volume", "t2Volume", "fsVolume", "ctVolume")}
+        proposals = series.preselection(slicer.mrmlScene, chosen)
+        if proposals:
+            with slicer.util.NodeModify(parameters.parameterNode):
+                for name, node in proposals.items():
+                    setattr(parameters, name, node)
 
     def setParameterNode(self, inputParameterNode: Optional[VertebralMarrowParameterNode]) -> None:
         """
@@ -630,6 +639,10 @@ class VertebralMarrowTest(ScriptedLoadableModuleTest):
         self.test_VertebralMarrowApplyDwi()
         self.setUp()
         self.test_VertebralMarrowRolesAndExport()
+        self.setUp()
+        self.test_VertebralMarrowDwiSequenceFromDicomLoader()
+        self.setUp()
+        self.test_VertebralMarrowInputsGuardThemselves()
 
     def _widgetAndParameters(self, dwi=False):
         widget = slicer.util.getModuleWidget("VertebralMarrow")
@@ -780,4 +793,47 @@ class VertebralMarrowTest(ScriptedLoadableModuleTest):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.assertTrue(np.isfinite(float(slicer.util.arrayFromTableColumn(parameters.resultsTable, "adc_mean")[0])))
+        self.delayDisplay("Test passed")
+
+    def test_VertebralMarrowDwiSequenceFromDicomLoader(self):
+        """A volume sequence as Slicer's DICOM loader (MultiVolumeImporter) gives it: empty index
+        name, b-values in MultiVolume.FrameLabels; they are shown before Apply and used."""
+        self.delayDisplay("DWI sequence with MultiVolume.FrameLabels")
+        widget, parameters, expected = self._widgetAndParameters(dwi=True)
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "7: ep2d_diff_b0_50_400_800")
+        for index, node in enumerate(parameters.dwiVolumes):
+            sequence.SetDataNodeAtValue(node, str(index))
+        sequence.SetAttribute("MultiVolume.FrameLabels", ",".join(f"{b:g}" for b in panel.SELF_TEST_BVALUES))
+        sequence.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "DiffusionBValue")
+        for node in list(parameters.dwiVolumes):
+            slicer.mrmlScene.RemoveNode(node)
+        parameters.dwiSequence = sequence
+        self.assertEqual(list(parameters.dwiVolumes), [])
+        self.assertIn("b=800", widget.ui.dwiSummaryLabel.text)
+        self.assertIn("index values of sequence", widget.ui.dwiSummaryLabel.text)
+        self.assertTrue(widget.ui.applyButton.enabled)
+        widget.onApplyButton()
+        self._checkResults(parameters, expected, ["L2 lesion", "L4 lesion", "L3 normal"], places=3)
+        self.delayDisplay("Test passed")
+
+    def test_VertebralMarrowInputsGuardThemselves(self):
+        """A T1 picked as the ADC map is refused, saying why; selectors are preselected from names."""
+        self.delayDisplay("Inputs that guard themselves")
+        widget, parameters, expected = self._widgetAndParameters()
+        parameters.adcVolume = parameters.t1Volume
+        self.assertFalse(widget.ui.applyButton.enabled)
+        self.assertIn("looks like a T1 series", widget.ui.applyButton.toolTip)
+        from VertebralMarrowLib.errors import InputError
+
+        with self.assertRaisesRegex(InputError, "T1 series"):
+            widget.logic.process(parameters)
+
+        slicer.mrmlScene.Clear()
+        study, expected = panel.self_test_study(slicer.mrmlScene, VertebralMarrowLogic.application())
+        widget.initializeParameterNode()
+        parameters = widget.logic.getParameterNode()
+        self.assertEqual(parameters.segmentation, study.segmentation)
+        self.assertEqual((parameters.adcVolume, parameters.t1Volume, parameters.t2Volume, parameters.fsVolume),
+                         (study.adc, study.t1, study.t2, study.fs))
+        self.assertTrue(widget.ui.applyButton.enabled)
         self.delayDisplay("Test passed")

@@ -71,6 +71,7 @@ from ..outputs.nodes import (
 )
 from ..outputs.table import result_document, results_table_node
 from ..inputs.study import parse_bvalues
+from .series import adc_map_problem
 
 ADC_UNIT_CHOICES = ("auto", "mm2/s", "1e-3", "1e-6")
 FIT_METHOD_CHOICES = ("iwls", "ols")
@@ -139,6 +140,9 @@ def study_from_parameters(params) -> StudyNodes:
         raise InputError("select either an ADC map or DWI (sequence or volumes), not both")
     if params.adcVolume is None and not dwi_given:
         raise InputError("select an ADC map, or DWI (a multi-b sequence or one volume per b-value) to fit one")
+    problem = adc_map_problem(params.adcVolume)
+    if problem:
+        raise InputError(problem)
     dwi, bvalues = ([], [])
     if dwi_given:
         dwi, bvalues, _ = dwi_inputs(params.dwiSequence, params.dwiVolumes, params.bvalues)
@@ -335,6 +339,9 @@ def apply_blocker(params) -> str:
         return "Select either an ADC map or DWI, not both."
     if params.dwiSequence is not None and present(params.dwiVolumes):
         return "Select either a DWI sequence or DWI volumes, not both."
+    problem = adc_map_problem(params.adcVolume)
+    if problem:
+        return problem[0].upper() + problem[1:] + "."
     return ""
 
 
