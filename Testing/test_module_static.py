@@ -1517,3 +1517,83 @@ def test_logic_export_report_leaves_the_scene_alone(module, app, tmp_path):
     assert (tmp_path / "report" / "results.csv").is_file() and (tmp_path / "report" / "report.html").is_file()
     assert all(Path(f).exists() for f in files)
     assert (app.scene.GetNumberOfNodes(), app.scene.GetURL(), study.adc.GetStorageNode()) == before
+
+
+# --- which volume is which (slicer_panel/series.py) ----------------------------------------
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("5: ADC", "adc"), ("ep2d_diff_b50_400_800_ADC", "adc"), ("Apparent Diffusion Coefficient (mm2/s)", "adc"),
+    ("3: T1_TSE_SAG", "t1"), ("t2_tse_sag", "t2"), ("STIR_COR", "fs"), ("T2 FS sag", "fs"), ("TIRM sag", "fs"),
+    ("6: ep2d_diff_b0_50_800", "dwi"), ("DWI b=800", "dwi"), ("CT bone", "ct"), ("localizer", None),
+])
+def test_series_kind_from_names(name, kind):
+    from VertebralMarrowLib.slicer_panel.series import series_kind
+
+    assert series_kind(name) == kind
+
+
+def test_preselection_takes_unambiguous_names_only(app):
+    from VertebralMarrowLib.slicer_panel.series import preselection
+
+    grid = np.eye(4)
+    cube = np.ones((4, 4, 4), np.float32)
+    adc = volume_from_array(app.scene, cube, grid, "5: ADC")
+    t1 = volume_from_array(app.scene, cube, grid, "3: T1_TSE_SAG")
+    volume_from_array(app.scene, cube, grid, "4: t2_tse_sag")
+    volume_from_array(app.scene, cube, grid, "8: T2_TSE_AX")
+    chosen = {"adcVolume": None, "t1Volume": None, "t2Volume": None, "fsVolume": None, "ctVolume": None,
+              "dwiSequence": None, "dwiVolumes": []}
+    assert preselection(app.scene, chosen) == {"adcVolume": adc, "t1Volume": t1}  # two T2 series: no guess
+    assert preselection(app.scene, {**chosen, "t1Volume": adc}) == {"adcVolume": adc}  # the user's choice stays
+    assert "adcVolume" not in preselection(app.scene, {**chosen, "dwiVolumes": [t1]})
+
+
+def test_adc_guard_refuses_another_series_and_anatomical_intensities(app):
+    from VertebralMarrowLib.slicer_panel.series import adc_map_problem
+
+    grid = np.eye(4)
+    t1 = volume_from_array(app.scene, np.full((4, 4, 4), 400.0, np.float32), grid, "3: T1_TSE_SAG")
+    assert "looks like a T1 series" in adc_map_problem(t1)
+    bright = volume_from_array(app.scene, np.full((4, 4, 4), 9000, np.int16), grid, "series 9")
+    assert "twice the ADC of free water" in adc_map_problem(bright)
+    for values in (np.full((4, 4, 4), 1.2, np.float32), np.full((4, 4, 4), 1200, np.int16),
+                   np.full((4, 4, 4), 0.0012, np.float32)):
+        assert adc_map_problem(volume_from_array(app.scene, values, grid, "5: ADC")) == ""
+    negative = volume_from_array(app.scene, np.full((4, 4, 4), -1.0, np.float32), grid, "odd map")
+    assert "positive" in adc_map_problem(negative)
+    params = parameters(segmentation=object(), adcVolume=t1)
+    assert "T1 series" in panel.apply_blocker(params)
+    with pytest.raises(InputError, match="T1 series"):
+        panel.study_from_parameters(params)
+
+
+def test_dwi_from_a_multivolume_node_with_frame_labels(app):
+    """A MultiVolume node (MultiVolumeImporter: one voxel component per frame, the b-values in
+    MultiVolume.FrameLabels) gives one volume per frame with its b-value; frames told apart by
+    trigger time are not b-values."""
+    import vtk as _vtk
+
+    bvalues = [0.0, 50.0, 800.0]
+    adc = 1.1  # 10^-3 mm^2/s
+    frames = np.stack([(1000.0 * np.exp(-b * adc / 1000.0)) * np.ones((3, 4, 5), np.float32) for b in bvalues], -1)
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName("7: ep2d_diff")
+    app.scene.AddNode(node)
+    image = _vtk.vtkImageData()
+    image.SetDimensions(5, 4, 3)
+    image.AllocateScalars(_vtk.VTK_FLOAT, len(bvalues))
+    node.SetAndObserveImageData(image)
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    vtk_to_numpy(image.GetPointData().GetScalars())[:] = frames.reshape(-1, len(bvalues))
+    node.SetAttribute("MultiVolume.FrameLabels", "0,50,800")
+    node.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "DiffusionBValue")
+    nodes, values, source = panel.dwi_inputs(None, [node], "")
+    assert values == bvalues and "multi-volume" in source
+    for expanded, b in zip(nodes, bvalues):
+        assert array_of(expanded) == pytest.approx(1000.0 * np.exp(-b * adc / 1000.0))
+    assert panel.dwi_inputs(None, [node], "")[0][0] is nodes[0]   # expanded once while unchanged
+    node.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "TriggerTime")  # a DCE series: one volume
+    with pytest.raises(InputError, match="two or more b-values"):
+        panel.dwi_inputs(None, [node], "")

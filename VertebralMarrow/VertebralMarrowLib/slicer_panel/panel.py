@@ -289,11 +289,23 @@ def expanded_frames(node) -> Tuple[list, List[float]]:
 
 def _expand_multivolume(node) -> Tuple[list, List[float]]:
     values = _frame_labels(node)
-    array = array_of(node)
+    array = _voxels_with_components(node)
     if array.ndim != 4 or values is None or array.shape[-1] != len(values):
         raise InputError(f"multi-volume '{node.GetName()}' has {len(values or [])} frame labels but its voxels "
                          f"do not have one component per frame")
     return _frame_volumes(node, array, values), values
+
+
+def _voxels_with_components(node) -> np.ndarray:
+    """(k, j, i, component) voxels of a volume whose voxels have several components (a
+    MultiVolume node; slicer.util.arrayFromVolume reads those only under their own class)."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    image = node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"multi-volume '{node.GetName()}' has no voxels")
+    shape = tuple(reversed(image.GetDimensions())) + (image.GetNumberOfScalarComponents(),)
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape)
 
 
 def _frame_volumes(node, array, values) -> list:

@@ -108,11 +108,13 @@ def adc_map_problem_now(node) -> str:
     if kind is not None and kind != "adc":
         return (f"'{name}' looks like {KIND_TEXT[kind]} by its name, not an ADC map: choose the scanner's ADC series "
                 f"(named ADC or Apparent Diffusion Coefficient), or DWI to fit one")
-    if node.GetImageData() is None:
+    image = node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
         return f"'{name}' has no voxels"
+    if image.GetNumberOfScalarComponents() != 1:
+        return (f"'{name}' has {image.GetNumberOfScalarComponents()} values per voxel; an ADC map has one "
+                f"(is this the DWI series?)")
     values = np.asarray(array_of(node), dtype=float)
-    if values.ndim != 3:
-        return f"'{name}' has {values.shape[-1]} values per voxel; an ADC map has one (is this the DWI series?)"
     try:
         decision = decide_adc_units(values, np.issubdtype(array_of(node).dtype, np.integer))
     except InputError as error:
