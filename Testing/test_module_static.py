@@ -356,7 +356,7 @@ def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):
     widget, _, _ = loaded_ui
     receivers = widget.receivers(QtCore.SIGNAL("mrmlSceneChanged(vtkMRMLScene*)"))
     needs_scene = [name for cls, name, _ in ui_widgets() if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qMRMLTableView")]
-    assert receivers == len(needs_scene) == 13
+    assert receivers == len(needs_scene) == 16
 
 
 # =============================================================================================

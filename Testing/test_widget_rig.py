@@ -326,3 +326,93 @@ def test_extension_configures_and_builds_with_slicers_macros(tmp_path):
     listed = subprocess.run([shutil.which("ctest") or "ctest", "-N"], cwd=build, capture_output=True, text=True).stdout
     assert "py_VertebralMarrow" in listed
     assert "py_nomainwindow_qSlicerVertebralMarrowModuleGenericTest" in listed
+
+
+def test_panel_reads_top_to_bottom_with_advanced_parameters_collapsed(shown):
+    rig, module, parent, widget = shown
+    ui = widget.ui
+    assert ui.parametersCollapsibleButton.collapsed is True
+    assert ui.inputsCollapsibleButton.collapsed is False
+    layout = parent.widgetRepresentation().layout().itemAt(0).widget().layout()
+    order = [layout.itemAt(i).widget().objectName for i in range(layout.count()) if layout.itemAt(i).widget()]
+    assert order.index("inputsCollapsibleButton") < order.index("applyButton") < order.index("resultsCollapsibleButton")
+
+
+def test_levels_and_disc_state_from_the_roles_table(shown):
+    from VertebralMarrowLib.mrml import get_segment_spread
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    table = widget.ui.segmentRolesTable
+    assert [table.horizontalHeaderItem(c).text() for c in range(table.columnCount)] == ["Segment", "Role", "Levels", "Disc"]
+    row = [table.item(r, 0).text() for r in range(table.rowCount)].index("L2 lesion")
+    table.cellWidget(row, 2).value = 3
+    table.cellWidget(row, 3).setCurrentIndex(2)  # spared
+    segment_id = s.segmentation.GetSegmentation().GetSegmentIdBySegmentName("L2 lesion")
+    assert get_segment_spread(s.segmentation, segment_id) == (3, False)
+    widget.onApplyButton()
+    document = widget._document
+    detail = document["segments"]["L2 lesion"]
+    assert any("level" in reason or "disc" in reason for candidate in detail["differential"]
+               for reason in candidate.get("fits", []) + candidate.get("contradicts", []))
+    table.cellWidget(row, 2).value = 0
+    table.cellWidget(row, 3).setCurrentIndex(0)
+    assert get_segment_spread(s.segmentation, segment_id) == (None, None)
+
+
+def test_chemical_shift_and_fat_fraction_selectors_reach_the_study(shown):
+    from VertebralMarrowLib.slicer_panel import panel
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.ui.inPhaseSelector.setCurrentNode(s.t1)
+    widget.ui.opposedPhaseSelector.setCurrentNode(s.t2)
+    widget.ui.fatFractionSelector.setCurrentNode(s.fs)
+    nodes = panel.study_from_parameters(widget.logic.getParameterNode())
+    assert (nodes.in_phase, nodes.opposed_phase, nodes.fat_fraction) == (s.t1, s.t2, s.fs)
+
+
+def test_clicking_a_result_row_centres_the_views_on_that_lesion(shown):
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.onApplyButton()
+    view = widget.ui.resultsTableView
+    model = view.model()
+    row = [model.index(r, 0).data() for r in range(model.rowCount())].index("L4 lesion")
+    view.clicked.emit(model.index(row, 3))
+    # 'L4 lesion' is voxels 2-7 (i, k) and 14-19 (j) of 2 mm voxels at the origin: its centre is
+    # at (9, 33, 9) mm; Slicer jumps to the segment's centre voxel, within half a voxel of it.
+    expected = (9.0, 33.0, 9.0)
+    red = rig.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+    matrix = red.GetSliceToRAS()
+    assert tuple(matrix.GetElement(i, 3) for i in range(3)) == pytest.approx(expected, abs=1.0)
+    assert widget.ui.lesionComboBox.currentText == "L4 lesion"
+
+
+def test_export_opens_the_report(shown, tmp_path, monkeypatch):
+    import qt
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.onApplyButton()
+    monkeypatch.setattr(qt.QFileDialog, "getExistingDirectory", staticmethod(lambda *args: str(tmp_path)))
+    widget.ui.exportButton.click()
+    assert rig.app.opened_urls == [str(tmp_path / "report.html")] and (tmp_path / "report.html").is_file()
+
+
+def test_without_matplotlib_the_panel_says_so(rig, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    module, parent = rig.load_module(MODULE_PY)
+    widget = rig.show(module, parent)
+    assert "matplotlib" in widget.ui.plotsNoteLabel.text and not widget.ui.plotsNoteLabel.isHidden()

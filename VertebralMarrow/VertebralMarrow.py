@@ -99,6 +99,8 @@ class VertebralMarrowParameterNode:
     bvalues - b-values (s/mm^2) of the DWI volumes in order, "0,50,400,800"; empty: from the
         sequence's index values or the volume names.
     t1Volume, t2Volume, fsVolume, ctVolume - optional volumes measured in every ROI.
+    inPhaseVolume, opposedPhaseVolume, fatFractionVolume - optional chemical-shift pair and fat-fraction
+        map (they separate fatty benign marrow from marrow replaced by tumour).
     displayVolume - the slice views' background under the overlay (default: the ADC map).
     cutoff - ADC cut-off, 10^-3 mm^2/s: mean ADC at or below it is malignant-range (Kaur 2020).
     indeterminateBand - means within cut-off +/- band are indeterminate (0: no band).
@@ -126,6 +128,9 @@ class VertebralMarrowParameterNode:
     t2Volume: vtkMRMLScalarVolumeNode
     fsVolume: vtkMRMLScalarVolumeNode
     ctVolume: vtkMRMLScalarVolumeNode
+    inPhaseVolume: vtkMRMLScalarVolumeNode
+    opposedPhaseVolume: vtkMRMLScalarVolumeNode
+    fatFractionVolume: vtkMRMLScalarVolumeNode
     displayVolume: vtkMRMLScalarVolumeNode
     cutoff: Annotated[float, WithinRange(0.1, 4.0)] = 1.21
     indeterminateBand: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
@@ -199,6 +204,8 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
 
         self.ui.disclaimerLabel.text = _(DISCLAIMER)
+        self.ui.plotsNoteLabel.text = _(panel.plots_note()) if panel.plots_note() else ""
+        self.ui.plotsNoteLabel.visible = bool(panel.plots_note())
         self.ui.differentialBrowser.setHtml(panel.differential_html(None, None))
         # Only published ADC maps (not the user's own volumes, which Apply would overwrite)
         self.ui.adcMapSelector.addAttribute("vtkMRMLScalarVolumeNode", panel.ADC_MAP_ATTRIBUTE, "1")
@@ -389,14 +396,44 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.connect("currentIndexChanged(int)",
                               lambda index, segmentId=segmentId: self.onRoleChanged(segmentId, panel.ROLE_CHOICES[index]))
                 table.setCellWidget(rowIndex, 1, combo)
+                levels = qt.QSpinBox()
+                levels.setRange(0, 25)
+                levels.specialValueText = "?"
+                levels.toolTip = _("Vertebral levels the lesion involves (? not recorded): spondylitis over three or "
+                                   "more levels suggests tuberculosis")
+                levels.connect("valueChanged(int)", lambda value, segmentId=segmentId: self.onSpreadChanged(segmentId))
+                table.setCellWidget(rowIndex, 2, levels)
+                disc = qt.QComboBox()
+                disc.addItems([_("?"), _("destroyed"), _("spared")])
+                disc.toolTip = _("The adjacent disc: destroyed suggests pyogenic, spared tuberculous spondylitis")
+                disc.connect("currentIndexChanged(int)", lambda index, segmentId=segmentId: self.onSpreadChanged(segmentId))
+                table.setCellWidget(rowIndex, 3, disc)
             self._roleRows = shown
-            return
-        for rowIndex, (_segmentId, _name, role) in enumerate(rows):
+        for rowIndex, (segmentId, _name, role) in enumerate(rows):
+            self._showSpread(rowIndex, segmentationNode, segmentId)
             combo = table.cellWidget(rowIndex, 1)
             if combo is not None and combo.currentIndex != panel.ROLE_CHOICES.index(role):
                 wasBlocked = combo.blockSignals(True)
                 combo.setCurrentIndex(panel.ROLE_CHOICES.index(role))
                 combo.blockSignals(wasBlocked)
+
+    def _showSpread(self, rowIndex: int, segmentationNode, segmentId: str) -> None:
+        levels, disc = panel.segment_spread(segmentationNode, segmentId)
+        table = self.ui.segmentRolesTable
+        for column, value, current in ((2, levels, "value"), (3, panel.DISC_CHOICES.index(disc), "currentIndex")):
+            widget = table.cellWidget(rowIndex, column)
+            if widget is not None and getattr(widget, current) != value:
+                wasBlocked = widget.blockSignals(True)
+                setattr(widget, current, value)
+                widget.blockSignals(wasBlocked)
+
+    def onSpreadChanged(self, segmentId: str) -> None:
+        if self._parameterNode is None or self._parameterNode.segmentation is None:
+            return
+        rowIndex = [row for row, (sid, _name) in enumerate(self._roleRows) if sid == segmentId][0]
+        table = self.ui.segmentRolesTable
+        panel.set_spread(self._parameterNode.segmentation, segmentId, table.cellWidget(rowIndex, 2).value,
+                         panel.DISC_CHOICES[table.cellWidget(rowIndex, 3).currentIndex])
 
     def onRoleChanged(self, segmentId: str, role: str) -> None:
         if self._parameterNode is None or self._parameterNode.segmentation is None:
@@ -436,8 +473,12 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateResults()
 
     def onResultsTableClicked(self, modelIndex) -> None:
-        """Show the differential of the segment in the clicked row (column 0 is the segment name)."""
+        """Centre the slice views on the segment of the clicked row (column 0 is the segment
+        name) and show its differential."""
         segment = modelIndex.sibling(modelIndex.row(), 0).data()
+        center = panel.lesion_center_ras(self._parameterNode.segmentation if self._parameterNode else None, segment)
+        if center is not None:
+            slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *center, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
         if segment in self._lesionNames:
             self.ui.lesionComboBox.setCurrentIndex(self._lesionNames.index(segment))
 
@@ -486,8 +527,11 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to export the report."), waitCursor=True):
             files = self.logic.exportReport(folder)
-            slicer.util.showStatusMessage(_("Report written:") + f" {os.path.join(folder, 'report.html')}", 5000)
+            report = os.path.join(folder, "report.html")
+            slicer.util.showStatusMessage(_("Report written:") + f" {report}", 5000)
             logging.info(f"Vertebral Marrow report: {len(files)} files written in {folder}")
+            if os.path.isfile(report):
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report))
 
 
 #

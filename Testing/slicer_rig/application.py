@@ -23,10 +23,20 @@ import types
 from pathlib import Path
 
 import slicer
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Property, Signal
 
 from .pythonqt import PythonQtObject, pythonqt_class
+
+
+class _UrlRecorder(QtCore.QObject):
+    def __init__(self, urls):
+        super().__init__()
+        self._urls = urls
+
+    @QtCore.Slot(QtCore.QUrl)
+    def open(self, url):
+        self._urls.append(url.toLocalFile() or url.toString())
 
 
 class qSlicerModuleManager(PythonQtObject, QtCore.QObject):
@@ -127,7 +137,10 @@ class Application:
         self._window = pythonqt_class(QtWidgets.QMainWindow)()
         self._window.setObjectName("qSlicerMainWindow")
         self.segmentations_logic = segmentations_logic
+        # URLs the module asks the desktop to open (QDesktopServices.openUrl), recorded, not opened
         self.opened_urls = []
+        self._url_handler = _UrlRecorder(self.opened_urls)
+        QtGui.QDesktopServices.setUrlHandler("file", self._url_handler, "open")
 
     def mrmlScene(self):
         return self._scene

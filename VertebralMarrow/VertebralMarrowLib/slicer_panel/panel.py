@@ -43,11 +43,14 @@ from ..core.criteria import Options
 from ..core.differential import is_number, likelihood_text
 from ..errors import InputError
 from ..mrml import (
+    DISC_TAG,
+    LEVELS_TAG,
     HeadlessApp,
     ROLE_TAG,
     ROLES,
     array_of,
     get_segment_role,
+    get_segment_spread,
     ijk_to_ras_of,
     new_scene,
     segment_ids,
@@ -55,6 +58,7 @@ from ..mrml import (
     segmentation_from_labelmap,
     set_ijk_to_ras,
     set_segment_role,
+    set_segment_spread,
     volume_from_array,
 )
 from ..outputs.nodes import (
@@ -155,6 +159,9 @@ def study_from_parameters(params) -> StudyNodes:
         t2=params.t2Volume,
         fs=params.fsVolume,
         ct=params.ctVolume,
+        in_phase=getattr(params, "inPhaseVolume", None),
+        opposed_phase=getattr(params, "opposedPhaseVolume", None),
+        fat_fraction=getattr(params, "fatFractionVolume", None),
     )
 
 
@@ -401,6 +408,31 @@ def set_role(segmentation_node, segment_id: str, role: str) -> bool:
     return True
 
 
+DISC_CHOICES = ("", "destroyed", "spared")  # "" not recorded
+
+
+def segment_spread(segmentation_node, segment_id: str) -> Tuple[int, str]:
+    """(levels involved, 0 when not recorded; disc state in DISC_CHOICES) from the segment's tags."""
+    levels, destroyed = get_segment_spread(segmentation_node, segment_id)
+    return (levels or 0), {None: "", True: "destroyed", False: "spared"}[destroyed]
+
+
+def set_spread(segmentation_node, segment_id: str, levels: int, disc: str) -> None:
+    """Record a lesion's vertebral levels (0: not recorded) and disc state ("" not recorded)
+    as segment tags (saved with the scene), as the command line's --levels and --disc do."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise InputError(f"segment '{segment_id}' is not in '{segmentation_node.GetName()}'")
+    if disc not in DISC_CHOICES:
+        raise InputError(f"disc state '{disc}': use one of destroyed, spared or leave it empty")
+    if not levels:
+        segment.RemoveTag(LEVELS_TAG)
+    if not disc:
+        segment.RemoveTag(DISC_TAG)
+    set_segment_spread(segmentation_node, segment_id, int(levels) or None,
+                       {"": None, "destroyed": True, "spared": False}[disc])
+
+
 # --- publishing a result ------------------------------------------------------------------
 
 
@@ -599,6 +631,29 @@ def lesion_names(document: Optional[dict]) -> List[str]:
     if not document:
         return []
     return [row["segment"] for row in document.get("rows", []) if row.get("role") == "lesion"]
+
+
+def lesion_center_ras(segmentation_node, segment_name: str) -> Optional[Tuple[float, float, float]]:
+    """The RAS centre of the named segment (its bounding box's, as Slicer's Segments table
+    jumps to), or None when the segmentation has no such (non-empty) segment."""
+    if segmentation_node is None:
+        return None
+    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(segment_name)
+    if not segment_id:
+        return None
+    center = segmentation_node.GetSegmentCenterRAS(segment_id)
+    return tuple(float(c) for c in center) if center is not None else None
+
+
+def plots_note() -> str:
+    """What the panel says when matplotlib (not bundled with Slicer) is missing, else ""."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        return ""
+    return ("Plots and charts are left out of the exported report: matplotlib is not installed in Slicer's Python. "
+            "Install it with slicer.util.pip_install('matplotlib') in the Python console; the numbers, the "
+            "overlay and the report are complete without it.")
 
 
 def background_volume(display_volume, result: AnalysisResult):
