@@ -347,7 +347,7 @@ def test_ui_min_voxels_ct_threshold_and_criteria_file_in_parameters():
     assert sorted(rows) == list(range(len(rows))) and all(len(widgets) == 2 for widgets in rows.values())
     order = [name for row in sorted(rows) for name in rows[row]]
     assert order[order.index("bmaxSpinBox") + 1:] == ["minVoxelsLabel", "minVoxelsSpinBox", "ctScleroticHuLabel",
-                                                      "ctScleroticHuSpinBox", "criteriaFileLabel", "criteriaFileLineEdit"]
+                                                      "ctScleroticHuSpinBox", "criteriaFileLabel", "criteriaFileWidget"]
 
 
 def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):

@@ -416,3 +416,17 @@ def test_without_matplotlib_the_panel_says_so(rig, monkeypatch):
     module, parent = rig.load_module(MODULE_PY)
     widget = rig.show(module, parent)
     assert "matplotlib" in widget.ui.plotsNoteLabel.text and not widget.ui.plotsNoteLabel.isHidden()
+
+
+def test_criteria_file_browse_button(shown, tmp_path, monkeypatch):
+    import qt
+
+    rig, module, parent, widget = shown
+    own = tmp_path / "mine.json"
+    own.write_text("{}")
+    answers = [str(own), ""]
+    monkeypatch.setattr(qt.QFileDialog, "getOpenFileName", staticmethod(lambda *args: answers.pop(0)))
+    widget.ui.criteriaFileBrowseButton.click()
+    assert widget.logic.getParameterNode().criteriaFile == str(own) == widget.ui.criteriaFileLineEdit.text
+    widget.ui.criteriaFileBrowseButton.click()   # cancelled: unchanged
+    assert widget.logic.getParameterNode().criteriaFile == str(own)

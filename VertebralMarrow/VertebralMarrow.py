@@ -213,6 +213,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Buttons and the widgets not bound to the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.criteriaFileBrowseButton.connect("clicked(bool)", self.onBrowseCriteriaFile)
         self.ui.dwiVolumesSelector.connect("checkedNodesChanged()", self.onDwiVolumesChanged)
         self.ui.lesionComboBox.connect("currentIndexChanged(int)", self.onLesionChanged)
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onResultsTableClicked)
@@ -518,6 +519,17 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             finally:
                 progressDialog.close()
             self._onParameterNodeModified()
+
+    def onBrowseCriteriaFile(self) -> None:
+        """Choose a criteria file of one's own; cancelling keeps the current one."""
+        if self._parameterNode is None:
+            return
+        current = self._parameterNode.criteriaFile
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Criteria file (layout of the built-in criteria.json)"),
+            os.path.dirname(current) if current else qt.QDir.homePath(), _("JSON files") + " (*.json)")
+        if path:
+            self._parameterNode.criteriaFile = path
 
     def onExportButton(self) -> None:
         """Write the report folder of the last analysis into a folder the user chooses."""

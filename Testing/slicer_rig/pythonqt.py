@@ -224,10 +224,21 @@ def _is_pyside_builtin(cls) -> bool:
 _CLASSES: dict = {}
 
 
+def _path_only(method):
+    # PythonQt returns the chosen path; PySide6 returns (path, selected filter).
+    return staticmethod(lambda *args, **kwargs: method(*args, **kwargs)[0])
+
+
+_OVERRIDES = {
+    QtWidgets.QFileDialog: {name: _path_only(getattr(QtWidgets.QFileDialog, name))
+                            for name in ("getOpenFileName", "getSaveFileName")},
+}
+
+
 def pythonqt_class(base):
     """The PythonQt-ruled subclass of a PySide6 QObject class (one per class)."""
     if base not in _CLASSES:
-        _CLASSES[base] = type(base.__name__, (PythonQtObject, base), {"__module__": "qt"})
+        _CLASSES[base] = type(base.__name__, (PythonQtObject, base), {"__module__": "qt", **_OVERRIDES.get(base, {})})
     return _CLASSES[base]
 
 
