@@ -81,6 +81,7 @@ def test_checkable_dwi_box_has_no_none_row(shown):
 def test_slider_drag_on_a_diffusion_weighted_volume_expands_it_once(shown, monkeypatch):
     # defect 1: 20 cut-off steps and 12 keystrokes, one expansion
     import slicer
+    from VertebralMarrowLib.inputs import nodes as dwi_nodes
     from VertebralMarrowLib.slicer_panel import panel
 
     rig, module, parent, widget = shown
@@ -98,8 +99,8 @@ def test_slider_drag_on_a_diffusion_weighted_volume_expands_it_once(shown, monke
     for index, b in enumerate(panel.SELF_TEST_BVALUES):
         dw.SetBValue(index, b)
     calls = []
-    real = panel._expand_diffusion_weighted
-    monkeypatch.setattr(panel, "_expand_diffusion_weighted", lambda node: calls.append(node) or real(node))
+    real = dwi_nodes._expand_diffusion_weighted
+    monkeypatch.setattr(dwi_nodes, "_expand_diffusion_weighted", lambda node: calls.append(node) or real(node))
     params = widget.logic.getParameterNode()
     params.segmentation = s.segmentation
     for node in s.dwi:
