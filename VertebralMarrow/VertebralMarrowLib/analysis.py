@@ -32,13 +32,13 @@ from .mrml import (
     voxel_volume_mm3,
 )
 from .core.classes import CLASSES, class_key, classify_adc
+from .core.sequences import SEQUENCES, SIGNAL_KEYS
 from .core.stats import classify_signal, roi_means, roi_statistics
 
 # Free water at body temperature is 3.0 x 10^-3 mm^2/s: a ROI mean far above it means the
 # units are wrong, not that the tissue is unusual.
 ADC_MAX_PLAUSIBLE = 4.0
 
-SIGNAL_SEQUENCES = ("t1", "t2", "fs")
 OVERLAY_CLASSES = {c.code: c.label for c in CLASSES}
 
 
@@ -132,11 +132,7 @@ def analyze(
             warnings.append(f"ROI '{names[sid]}': {stats['n_nonfinite']} voxels have no ADC (0 or not fitted) and are left out")
 
     signal_means: Dict[str, Dict[str, tuple]] = {}
-    optional_volumes = [
-        ("t1", study.t1, "T1"), ("t2", study.t2, "T2"), ("fs", study.fs, "FS-T2/STIR"), ("ct", study.ct, "CT"),
-        ("in_phase", study.in_phase, "in-phase"), ("opposed_phase", study.opposed_phase, "opposed-phase"),
-        ("fat_fraction", study.fat_fraction, "fat fraction"),
-    ]
+    optional_volumes = [(s.key, getattr(study, s.key), s.label) for s in SEQUENCES]
     present = [entry for entry in optional_volumes if entry[1] is not None]
     for index, (key, node, label) in enumerate(present):
         step(0.5 + 0.3 * index / max(len(present), 1), f"ROIs on {label}")
@@ -296,7 +292,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
         adc_class = "n/a"
 
     ratios, signals = {}, {}
-    for key in SIGNAL_SEQUENCES:
+    for key in SIGNAL_KEYS:
         value = signal_means.get(key, {}).get(sid, (None, 0))[0]
         ratios[key] = _ratio(value, reference_mean.get(key))
         signals[key] = classify_signal(ratios[key], options.signal_low_below, options.signal_high_above)
@@ -327,10 +323,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
         )
         candidates = rank_differential(findings, options.criteria, {"ct_sclerotic_min_hu": options.ct_sclerotic_min_hu})
         differential = ";".join(candidate.entity for candidate in candidates)
-        detail["differential"] = [
-            {"entity": c.entity, "label": c.label, "score": round(c.score, 4), "fits": c.fits, "contradicts": c.contradicts}
-            for c in candidates
-        ]
+        detail["differential"] = [candidate.as_dict() for candidate in candidates]
         detail["differential_summary"] = summarize(candidates)
         detail["findings"] = {k: v for k, v in findings.__dict__.items() if v is not None}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import DISCLAIMER, __version__
+from .core.sequences import SEQUENCES
 from .errors import InputError
 
 class _Parser(argparse.ArgumentParser):
@@ -77,10 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seg", type=Path, required=True, help="segmentation (.seg.nrrd) or labelmap (.nrrd, .nii[.gz])")
     analyze.add_argument("--label-names", type=Path, help="Slicer color table naming a labelmap's labels")
     _add_dwi_arguments(analyze, with_adc=True)
-    for name, what in (("t1", "T1-weighted"), ("t2", "T2-weighted"), ("fs", "fat-suppressed T2 or STIR"), ("ct", "CT (HU)"),
-                       ("in-phase", "in-phase (chemical shift)"), ("opposed-phase", "opposed-phase (chemical shift)"),
-                       ("fat-fraction", "Dixon fat-fraction map (0-1 or %%)")):
-        analyze.add_argument(f"--{name}", type=Path, help=f"{what} volume")
+    for sequence in SEQUENCES:
+        analyze.add_argument(sequence.flag, dest=sequence.key, type=Path, help=sequence.what.replace("%", "%%"))
     analyze.add_argument("--reference", nargs="+", default=(), metavar="NAME", help="segment(s) of normal marrow")
     analyze.add_argument("--levels", action="append", default=[], metavar="SEGMENT=N",
                          help="vertebral levels a lesion involves (separates pyogenic from tuberculous spondylitis)")
@@ -91,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_setting(analyze, name)
     analyze.add_argument("--criteria", type=Path,
                          help="a criteria file of your own (a copy of VertebralMarrowLib/core/criteria.json with your numbers)")
+    analyze.add_argument("--single-file-report", action="store_true",
+                         help="report.html with its pictures inside (one file to mail or archive)")
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
 
     adc = commands.add_parser("adc", help="fit the ADC map alone (float32, 10^-3 mm^2/s, on the DWI grid)")
@@ -187,9 +188,7 @@ def _study_files(args):
         seg=getattr(args, "seg", None), label_names=getattr(args, "label_names", None),
         adc=getattr(args, "adc", None), dwi=args.dwi or (), dwi_dicom=args.dwi_dicom,
         bvalues=parse_bvalues(args.bvalues) if args.bvalues else (),
-        t1=getattr(args, "t1", None), t2=getattr(args, "t2", None), fs=getattr(args, "fs", None),
-        ct=getattr(args, "ct", None), in_phase=getattr(args, "in_phase", None),
-        opposed_phase=getattr(args, "opposed_phase", None), fat_fraction=getattr(args, "fat_fraction", None),
+        **{sequence.key: getattr(args, sequence.key, None) for sequence in SEQUENCES},
         spread=parse_spread(getattr(args, "levels", ()), getattr(args, "disc", ())),
     )
 
@@ -202,7 +201,7 @@ def _analyze(args, progress):
 
     options = Options(criteria_path=args.criteria, reference_segments=tuple(args.reference),
                       **{setting.name: getattr(args, setting.name) for setting in SETTINGS})
-    return run_analysis(_study_files(args), options, args.out, progress)
+    return run_analysis(_study_files(args), options, args.out, progress, single_file_report=args.single_file_report)
 
 
 def _fit_only(args, progress) -> int:
