@@ -431,3 +431,30 @@ def test_criteria_file_browse_button(shown, tmp_path, monkeypatch):
     assert widget.logic.getParameterNode().criteriaFile == str(own) == widget.ui.criteriaFileLineEdit.text
     widget.ui.criteriaFileBrowseButton.click()   # cancelled: unchanged
     assert widget.logic.getParameterNode().criteriaFile == str(own)
+
+
+def test_colour_blind_safe_overlay_palette(shown):
+    from VertebralMarrowLib.core.classes import BY_KEY
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.onApplyButton()
+    colors = params.overlayVolume.GetDisplayNode().GetColorNode()
+
+    def rgb(code):
+        value = [0.0] * 4
+        colors.GetColor(code, value)
+        return tuple(round(255 * c) for c in value[:3])
+
+    own = {key: tuple(round(255 * c) for c in BY_KEY[key].rgba[:3]) for key in ("benign", "malignant")}
+    assert (rgb(BY_KEY["benign"].code), rgb(BY_KEY["malignant"].code)) == (own["benign"], own["malignant"])
+    widget.ui.colorBlindPaletteCheckBox.checked = True
+    # Okabe & Ito 2008: blue (0, 114, 178), vermillion (213, 94, 0), yellow (240, 228, 66)
+    assert rgb(BY_KEY["benign"].code) == (0, 114, 178) and rgb(BY_KEY["malignant"].code) == (213, 94, 0)
+    assert rgb(BY_KEY["indeterminate"].code) == (240, 228, 66)
+    widget.onApplyButton()   # a new run keeps the chosen palette
+    assert rgb(BY_KEY["malignant"].code) == (213, 94, 0)
+    widget.ui.colorBlindPaletteCheckBox.checked = False
+    assert rgb(BY_KEY["malignant"].code) == own["malignant"]

@@ -116,6 +116,7 @@ class VertebralMarrowParameterNode:
     showAdcColorMap, adcColorMapOpacity - the continuous ADC map in the slice views (foreground layer).
     colorSegmentsByClass - lesion segments take their class colour; their own colours are kept
         in a segment tag and come back when this is turned off.
+    colorBlindPalette - the overlay in colours told apart with any colour vision (Okabe-Ito).
     resultsTable, overlayVolume, adcMapVolume - the outputs (created by Apply when empty, reused after).
     """
 
@@ -148,6 +149,7 @@ class VertebralMarrowParameterNode:
     showAdcColorMap: bool = False
     adcColorMapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     colorSegmentsByClass: bool = False
+    colorBlindPalette: bool = False
     resultsTable: vtkMRMLTableNode
     overlayVolume: vtkMRMLLabelMapVolumeNode
     adcMapVolume: vtkMRMLScalarVolumeNode
@@ -629,6 +631,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         parameterNode.resultsTable = published.table
         parameterNode.overlayVolume = published.overlay
         parameterNode.adcMapVolume = published.adc_map
+        panel.set_overlay_palette(published.colors, parameterNode.colorBlindPalette)
         if showResult:
             self.showResult(parameterNode, result)
         return result
@@ -646,6 +649,9 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         colours; each only when its choices changed, so the user's own changes stay."""
         if parameterNode is None:
             return
+        overlay = parameterNode.overlayVolume
+        if overlay is not None and overlay.GetDisplayNode() is not None:
+            panel.set_overlay_palette(overlay.GetDisplayNode().GetColorNode(), parameterNode.colorBlindPalette)
         layers = panel.slice_layers(parameterNode, slicer.mrmlScene)
         state = panel.layers_state(layers)
         if layers and state != self._shownOverlay:

@@ -9,10 +9,41 @@ from typing import List, Optional, Tuple
 import vtk
 
 from ..analysis import AnalysisResult
+from ..core.classes import CLASSES, OUTSIDE
 from ..mrml import segment_ids
 from ..outputs.nodes import CLASS_COLORS, color_segments_by_class, segment_class_colors
 
 ORIGINAL_COLOR_TAG = "VertebralMarrow.OriginalColor"  # segment tag: "r g b" before colouring by class
+
+# Overlay colours told apart with any colour vision: Okabe M, Ito K. Color Universal Design
+# (CUD): how to make figures and presentations that are friendly to colorblind people, 2008.
+COLOR_BLIND_SAFE = {
+    "benign": (0 / 255, 114 / 255, 178 / 255, 1.0),         # blue
+    "indeterminate": (240 / 255, 228 / 255, 66 / 255, 1.0),  # yellow
+    "malignant": (213 / 255, 94 / 255, 0 / 255, 1.0),        # vermillion
+    "marrow": (86 / 255, 180 / 255, 233 / 255, 1.0),         # sky blue
+}
+
+
+def overlay_colors(color_blind_safe: bool) -> dict:
+    """{class code: RGBA} of the overlay: the class table's colours, or the colour-blind-safe
+    palette (a class it does not name keeps its own colour)."""
+    return {c.code: (COLOR_BLIND_SAFE.get(c.key, c.rgba) if color_blind_safe and c is not OUTSIDE else c.rgba)
+            for c in CLASSES}
+
+
+def set_overlay_palette(color_node, color_blind_safe: bool) -> bool:
+    """Colour the overlay's class colour table with the chosen palette; False when unchanged."""
+    if color_node is None:
+        return False
+    changed = False
+    for code, rgba in overlay_colors(color_blind_safe).items():
+        current = [0.0, 0.0, 0.0, 0.0]
+        color_node.GetColor(code, current)
+        if any(abs(a - b) > 1e-6 for a, b in zip(current, rgba)):
+            color_node.SetColor(code, *rgba)
+            changed = True
+    return changed
 
 
 def slice_layers(params, scene) -> dict:
