@@ -396,6 +396,19 @@ def test_clicking_a_result_row_centres_the_views_on_that_lesion(shown):
     assert widget.ui.lesionComboBox.currentText == "L4 lesion"
 
 
+def test_results_headers_carry_their_units(shown):
+    import qt
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.onApplyButton()
+    model = widget.ui.resultsTableView.tableModel()
+    headers = [model.headerData(c, qt.Qt.Horizontal) for c in range(model.columnCount())]
+    assert "adc_mean (10^-3 mm^2/s)" in headers and "volume_ml (mL)" in headers and "segment" in headers
+
+
 def test_export_opens_the_report(shown, tmp_path, monkeypatch):
     import qt
 

@@ -450,6 +450,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         shown = self.ui.resultsTableView.mrmlTableNode()
         if (shown.GetID() if shown else None) != (table.GetID() if table else None):
             self.ui.resultsTableView.setMRMLTableNode(table)
+        self._showUnitsInHeaders(table)
         text = table.GetAttribute(panel.DOCUMENT_ATTRIBUTE) if table is not None else None
         if self._shownDifferential is None or text != self._shownDifferential[0]:
             self._document = panel.result_from_table(table)
@@ -471,6 +472,14 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.differentialBrowser.setHtml(panel.differential_html(document, combo.currentText or None))
             self._shownDifferential = shown
         self.ui.exportButton.enabled = self.logic.lastResult is not None
+
+    def _showUnitsInHeaders(self, table) -> None:
+        """Units in the results' column headers (the view shows bare names; it rebuilds its
+        headers when the table changes, so this runs after every update)."""
+        model = self.ui.resultsTableView.tableModel()
+        for column, text in enumerate(panel.column_headers(table)):
+            if model is not None and column < model.columnCount() and model.headerData(column, qt.Qt.Horizontal) != text:
+                model.setHeaderData(column, qt.Qt.Horizontal, text)
 
     def onLesionChanged(self, index: int) -> None:
         self._updateResults()

@@ -32,6 +32,19 @@ def overlay_colors(color_blind_safe: bool) -> dict:
             for c in CLASSES}
 
 
+def column_headers(table_node) -> List[str]:
+    """The results table's column headers with their units ("adc_mean (10^-3 mm^2/s)"): Slicer's
+    table view heads columns with their bare names and keeps units in the Tables module."""
+    if table_node is None:
+        return []
+    headers = []
+    for index in range(table_node.GetNumberOfColumns()):
+        name = table_node.GetColumnName(index)
+        unit = table_node.GetColumnUnitLabel(name) or ""
+        headers.append(f"{name} ({unit})" if unit else name)
+    return headers
+
+
 def set_overlay_palette(color_node, color_blind_safe: bool) -> bool:
     """Colour the overlay's class colour table with the chosen palette; False when unchanged."""
     if color_node is None:

@@ -23,6 +23,7 @@ from .differential_text import citations, differential_html
 from .display import (
     ORIGINAL_COLOR_TAG,
     background_volume,
+    column_headers,
     foreground_volume_ids,
     layers_state,
     lesion_center_ras,
@@ -59,6 +60,7 @@ __all__ = [
     "differential_html",
     "ORIGINAL_COLOR_TAG",
     "background_volume",
+    "column_headers",
     "foreground_volume_ids",
     "layers_state",
     "lesion_center_ras",
