@@ -1599,3 +1599,12 @@ def test_dwi_from_a_multivolume_node_with_frame_labels(app):
     node.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "TriggerTime")  # a DCE series: one volume
     with pytest.raises(InputError, match="two or more b-values"):
         panel.dwi_inputs(None, [node], "")
+
+
+def test_every_image_input_of_the_command_line_is_on_the_panel():
+    from VertebralMarrowLib.core.sequences import SEQUENCES
+
+    fields, bound = parameter_fields(), bound_widgets()
+    for sequence in SEQUENCES:
+        assert sequence.parameter in fields, sequence.key
+        assert bound[sequence.parameter][0] == "qMRMLNodeComboBox", sequence.key

@@ -9,6 +9,7 @@ from typing import Optional
 
 from ..analysis import StudyNodes
 from ..core.criteria import Options
+from ..core.sequences import SEQUENCES
 from ..errors import InputError
 from ..inputs.nodes import dwi_inputs
 from .series import adc_map_problem
@@ -78,13 +79,8 @@ def study_from_parameters(params) -> StudyNodes:
         adc=params.adcVolume,
         dwi=dwi,
         bvalues=bvalues,
-        t1=params.t1Volume,
-        t2=params.t2Volume,
-        fs=params.fsVolume,
-        ct=params.ctVolume,
-        in_phase=getattr(params, "inPhaseVolume", None),
-        opposed_phase=getattr(params, "opposedPhaseVolume", None),
-        fat_fraction=getattr(params, "fatFractionVolume", None),
+        # t1, t2, fs, ct, in/opposed phase, fat fraction: the one table of the image inputs
+        **{sequence.key: getattr(params, sequence.parameter, None) for sequence in SEQUENCES},
     )
 
 
