@@ -294,3 +294,17 @@ def test_module_imports_without_matplotlib():
 
 def test_module_is_python39_syntax():
     ast.parse(COHORT_PY.read_text(encoding="utf-8"), feature_version=(3, 9))
+
+
+def test_cohort_without_matplotlib_still_writes_its_numbers(tmp_path, monkeypatch):
+    """Slicer does not bundle matplotlib: the statistics and the entity table are written, the
+    plots are left out, and cohort.json says why."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    rows = [(f"m{i}", 0.8 + 0.01 * i, "malignant", "metastasis") for i in range(5)] + \
+        [(f"b{i}", 1.6 + 0.01 * i, "benign", "hemangioma") for i in range(5)]
+    out = tmp_path / "out"
+    result = run_cohort(write_csv(tmp_path / "c.csv", rows), out, cutoff=1.21)
+    assert result["sensitivity"] == 1.0 and result["specificity"] == 1.0
+    assert "matplotlib" in result["note"]
+    assert sorted(p.name for p in out.iterdir()) == ["cohort.json", "cohort_entities.csv"] == sorted(result["files"])
+    assert json.loads((out / "cohort.json").read_text())["note"] == result["note"]

@@ -310,10 +310,19 @@ def run_cohort(csv_path, out_dir, cutoff=None, progress: Optional[ProgressCallba
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report(0.4, "drawing ROC curve")
-    plot_roc(stats, out / "cohort_roc.png")
-    report(0.7, "drawing per-entity ADC")
-    plot_entities(rows, summary, cutoff_used, out / "cohort_entities.png")
+    files = ["cohort.json", "cohort_entities.csv"]
+    plots_note = ""
+    try:
+        import matplotlib  # noqa: F401  (Slicer does not bundle it)
+    except ImportError:
+        plots_note = ("plots not drawn: matplotlib is not installed (pip install matplotlib, or "
+                      "slicer.util.pip_install('matplotlib') in Slicer); the numbers are complete")
+    if not plots_note:
+        report(0.4, "drawing ROC curve")
+        plot_roc(stats, out / "cohort_roc.png")
+        report(0.7, "drawing per-entity ADC")
+        plot_entities(rows, summary, cutoff_used, out / "cohort_entities.png")
+        files += ["cohort_roc.png", "cohort_entities.png"]
     write_entity_csv(summary, out / "cohort_entities.csv")
 
     result = dict(stats)
@@ -324,9 +333,11 @@ def run_cohort(csv_path, out_dir, cutoff=None, progress: Optional[ProgressCallba
         "input": str(csv_path),
         "n_lesions": int(adc.size),
         "entities": summary,
-        "files": ["cohort.json", "cohort_roc.png", "cohort_entities.csv", "cohort_entities.png"],
+        "files": files,
         "disclaimer": DISCLAIMER,
     })
+    if plots_note:
+        result["note"] = plots_note
     (out / "cohort.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     report(1.0, "done")
     return result
