@@ -471,3 +471,19 @@ def test_colour_blind_safe_overlay_palette(shown):
     assert rgb(BY_KEY["malignant"].code) == (213, 94, 0)
     widget.ui.colorBlindPaletteCheckBox.checked = False
     assert rgb(BY_KEY["malignant"].code) == own["malignant"]
+
+
+def test_export_without_matplotlib_says_so_in_results_and_report(shown, tmp_path, monkeypatch):
+    import json
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    widget.onApplyButton()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    widget.logic.exportReport(tmp_path)
+    warnings = json.loads((tmp_path / "results.json").read_text())["warnings"]
+    assert any("matplotlib is not installed" in w for w in warnings)
+    assert "matplotlib is not installed" in (tmp_path / "report.html").read_text()
+    assert not any("matplotlib" in w for w in widget.logic.lastResult.warnings)  # the panel's result untouched
