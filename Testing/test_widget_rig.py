@@ -487,3 +487,60 @@ def test_export_without_matplotlib_says_so_in_results_and_report(shown, tmp_path
     assert any("matplotlib is not installed" in w for w in warnings)
     assert "matplotlib is not installed" in (tmp_path / "report.html").read_text()
     assert not any("matplotlib" in w for w in widget.logic.lastResult.warnings)  # the panel's result untouched
+
+
+# --- the rig itself keeps PythonQt's and the widgets' rules ---------------------------------
+
+
+def test_rig_pythonqt_rules(rig):
+    import qt
+
+    label = qt.QLabel("hello")
+    assert label.text == "hello"                       # a property, not the text() method
+    button = qt.QPushButton()
+    button.enabled = False
+    assert button.enabled is False and button.isEnabled() is False
+    calls = []
+    button.enabled = True
+    button.connect("clicked(bool)", lambda: calls.append("no arguments"))   # truncated to the slot's arity
+    button.connect("clicked(bool)", lambda checked, extra=None: calls.append((checked, extra)))
+    button.click()
+    assert calls == ["no arguments", (False, None)]
+    with pytest.raises(AttributeError, match="no signal"):
+        button.connect("clicked(int)", lambda: None)
+    button.connect("clicked()", lambda: 1 / 0)
+    button.click()
+    assert len(rig.errors) == 1 and "ZeroDivisionError" in rig.errors[0][1]   # recorded, not raised
+    del rig.errors[:]
+
+
+def test_rig_node_combo_box_follows_qmrmlnodecombobox(rig):
+    import slicer
+    from slicer_rig import widgets
+
+    scene = rig.scene
+    combo = widgets.qMRMLNodeComboBox()
+    combo.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+    combo.noneEnabled = False
+    combo.setMRMLScene(scene)
+    seen = []
+    combo.currentNodeChanged.connect(lambda node: seen.append(node.GetName() if node else None))
+    a = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "a")    # first node of an empty box: current
+    b = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "b")
+    c = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "c")
+    assert seen == ["a"]
+    combo.setCurrentNode(b)
+    scene.RemoveNode(b)                                               # the row now at its place: c
+    scene.RemoveNode(c)                                               # none after it: the last, a
+    scene.RemoveNode(a)                                               # none left
+    assert seen == ["a", "b", "c", "a", None]
+    checkable = widgets.qMRMLCheckableNodeComboBox()
+    checkable.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+    checkable.setMRMLScene(scene)
+    changes = []
+    checkable.checkedNodesChanged.connect(lambda: changes.append(1))
+    d = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "d")
+    checkable.check(d)
+    scene.RemoveNode(d)                                               # CTK: no signal on row removal
+    assert changes == [1] and checkable.checkedNodes() == []
+    assert isinstance(slicer.qMRMLNodeComboBox(), widgets.qMRMLNodeComboBox)
