@@ -94,7 +94,7 @@ def _check_shape(path: Path, what: str, kind: str, info: ImageInfo) -> None:
     if info.dimension not in allowed:
         needed = "a 3-D volume (or one 4-D file of all b-values)" if kind == "dwi" else "a 3-D volume"
         raise InputError(f"{what} {path} is {info.dimension}-D; {needed} is needed here")
-    if info.components != 1 and kind != "segmentation":
+    if info.components != 1 and kind not in ("segmentation", "dwi"):  # a DWMRI NRRD keeps its b-values as components
         raise InputError(f"{what} {path} has {info.components} values per voxel (an RGB or vector image); "
                          f"a scalar (grey-level) volume is needed here")
     voxels = int(np.prod([int(s) for s in info.size], dtype=np.int64)) * max(info.components, 1)
