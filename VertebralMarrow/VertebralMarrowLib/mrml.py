@@ -20,10 +20,9 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
-from .inputs.validate import check_grid_size, check_image, check_labels, check_unique_names, read_text
+from .inputs.validate import ROLES, check_grid_size, check_image, check_labels, check_unique_names, read_text
 
 ROLE_TAG = "VertebralMarrow.Role"
-ROLES = ("lesion", "reference", "disc", "muscle", "ignore")
 
 
 # --- the headless scene -------------------------------------------------------------------

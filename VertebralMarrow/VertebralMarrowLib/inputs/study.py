@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -10,7 +11,8 @@ import numpy as np
 
 from ..analysis import StudyNodes
 from ..errors import InputError
-from ..mrml import HeadlessApp, load_segmentation, load_volume, read_image_sitk, volume_from_array
+from .validate import check_bvalues, check_roles, check_signal, read_text
+from ..mrml import HeadlessApp, array_of, load_segmentation, load_volume, read_image_sitk, volume_from_array
 
 
 @dataclass
@@ -30,6 +32,45 @@ class StudyFiles:
     fat_fraction: Optional[Path] = None
     roles: dict = field(default_factory=dict)
     spread: dict = field(default_factory=dict)  # segment name -> (levels involved, disc destroyed)
+
+    def __post_init__(self):
+        """Types checked where the study enters: a path where a path belongs (one path given
+        for `dwi` is a list of one, never a list of its letters), known roles."""
+        self.seg = _path(self.seg, "seg")
+        for name in ("label_names", "adc", "dwi_dicom", *VOLUME_KEYS):
+            value = getattr(self, name)
+            setattr(self, name, None if value is None else _path(value, name))
+        self.dwi = tuple(_paths(self.dwi, "dwi"))
+        self.bvalues = tuple(parse_bvalues(self.bvalues) if isinstance(self.bvalues, str)
+                             else check_bvalues(_sequence(self.bvalues, "bvalues"), "StudyFiles.bvalues"))
+        for name in ("roles", "spread"):
+            if not isinstance(getattr(self, name), dict):
+                raise InputError(f"StudyFiles.{name} must be a dict keyed by segment name, got {getattr(self, name)!r}")
+        check_roles(self.roles, "StudyFiles.roles")
+
+
+VOLUME_KEYS = ("t1", "t2", "fs", "ct", "in_phase", "opposed_phase", "fat_fraction")
+
+
+def _sequence(value, name: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise InputError(f"StudyFiles.{name} must be a list, got {type(value).__name__} {value!r}") from None
+
+
+def _path(value, name: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise InputError(f"StudyFiles.{name} must be a file path, got {type(value).__name__} {value!r}")
+    return Path(value)
+
+
+def _paths(value, name: str) -> List[Path]:
+    return [_path(item, name) for item in _sequence(value, name)]
 
 
 def parse_spread(levels: Sequence[str], discs: Sequence[str]) -> dict:
@@ -51,12 +92,12 @@ def parse_spread(levels: Sequence[str], discs: Sequence[str]) -> dict:
 def parse_bvalues(text: str) -> List[float]:
     """'0,50,400,800' -> [0.0, 50.0, 400.0, 800.0] (s/mm^2)."""
     try:
-        values = [float(part) for part in text.replace(" ", "").split(",") if part]
+        values = [float(part) for part in str(text).replace(" ", "").split(",") if part]
     except ValueError:
         raise InputError(f"--bvalues '{text}' is not a comma-separated list of numbers (e.g. 0,50,400,800)") from None
     if not values:
         raise InputError("--bvalues is empty; give one b-value (s/mm^2) per DWI volume, e.g. 0,50,400,800")
-    return values
+    return check_bvalues(values, f"--bvalues '{text}'")
 
 
 def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
@@ -86,30 +127,46 @@ def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
 def load_dwi(scene, paths: Sequence[Path], bvalues: Sequence[float]) -> Tuple[list, List[float]]:
     """DWI volumes and their b-values: several 3-D files with --bvalues in the same order, or
     one 4-D file (b-values along the last axis) with --bvalues or its own metadata."""
-    paths = [Path(p) for p in paths]
+    paths = _paths(paths, "dwi")
+    bvalues = check_bvalues(_sequence(bvalues, "bvalues"), "b-values")
+    repeated = sorted({str(p) for p in paths if sum(q.resolve() == p.resolve() for q in paths) > 1})
+    if repeated:
+        raise InputError(f"DWI file {repeated[0]} is given more than once; give each b-value's own file")
     if len(paths) == 1:
         array, ijk_to_ras = read_image_sitk(paths[0], "DWI")
         if array.ndim == 4:
             values = list(bvalues) or bvalues_from_metadata(paths[0], array.shape[-1])
             if len(values) != array.shape[-1]:
                 raise InputError(f"4-D DWI {paths[0]} has {array.shape[-1]} volumes but {len(values)} b-values were given")
+            values = check_bvalues(values, f"b-values of {paths[0]}")
+            for n in range(array.shape[-1]):
+                check_signal(array[..., n], f"DWI {paths[0]} volume {n} (b = {values[n]:g})")
             nodes = [volume_from_array(scene, np.ascontiguousarray(array[..., n]), ijk_to_ras, f"DWI b={values[n]:g}")
                      for n in range(array.shape[-1])]
-            return nodes, [float(v) for v in values]
+            return nodes, values
     if not bvalues:
         raise InputError("--dwi with 3-D files needs --bvalues, one per file in the same order (e.g. --bvalues 0,50,400,800)")
     if len(bvalues) != len(paths):
         raise InputError(f"{len(paths)} DWI files but {len(bvalues)} b-values; give one b-value per file")
-    return [load_volume(scene, path, "DWI") for path in paths], [float(v) for v in bvalues]
+    nodes = []
+    for path, b in zip(paths, bvalues):
+        node = load_volume(scene, path, "DWI")
+        check_signal(array_of(node), f"DWI {path} (b = {b:g})")
+        nodes.append(node)
+    return nodes, bvalues
 
 
 def bvalues_from_metadata(path: Path, count: int) -> List[float]:
     """b-values of a 4-D DWI from a Slicer/NRRD DWMRI header or an FSL `.bval` beside it."""
     sidecar = _bval_sidecar(path)
     if sidecar is not None:
-        values = [float(v) for v in sidecar.read_text().split()]
+        try:
+            values = [float(v) for v in read_text(sidecar, "b-values file").split()]
+        except ValueError:
+            raise InputError(f"b-values file {sidecar} must hold numbers separated by spaces (FSL .bval)") from None
         if len(values) == count:
             return values
+        raise InputError(f"b-values file {sidecar} lists {len(values)} b-values for {count} DWI volumes")
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -144,6 +201,9 @@ def load_dwi_dicom(scene, folder: Path) -> Tuple[list, List[float]]:
     from ..inputs.dicom_dwi import read_dwi_dicom
 
     series = read_dwi_dicom(folder)
+    check_bvalues(series.bvalues, f"b-values in the DICOM headers of {folder}")
+    for volume, b in zip(series.volumes, series.bvalues):
+        check_signal(volume, f"DWI DICOM {folder} (b = {b:g})")
     nodes = [volume_from_array(scene, volume, series.ijk_to_ras, f"DWI b={b:g}")
              for volume, b in zip(series.volumes, series.bvalues)]
     return nodes, list(series.bvalues)

@@ -230,6 +230,94 @@ def read_text(path, what: str) -> str:
         raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
+# Clinical DWI uses b from 0 to about 2000 s/mm^2 (research protocols up to about 5000).
+MAX_BVALUE = 10000.0
+MIN_TOP_BVALUE = 50.0
+
+
+def check_bvalues(bvalues: Sequence[float], where: str) -> List[float]:
+    """b-values in s/mm^2: finite, >= 0 and not off by a factor of 1000."""
+    values = []
+    for value in bvalues:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+            raise InputError(f"{where}: b-value {value!r} is not a finite number (s/mm^2)")
+        if value < 0:
+            raise InputError(f"{where}: b-value {value:g} is negative; b-values are >= 0 s/mm^2")
+        values.append(float(value))
+    listed = ", ".join(f"{b:g}" for b in values)
+    if values and max(values) > MAX_BVALUE:
+        raise InputError(f"{where}: b-values [{listed}] reach above {MAX_BVALUE:g} s/mm^2; are they in s/m^2 or "
+                         f"x 1000? give them in s/mm^2 (e.g. 0,50,400,800)")
+    if values and 0 < max(values) < MIN_TOP_BVALUE:
+        raise InputError(f"{where}: the highest b-value is {max(values):g} s/mm^2, too low for diffusion: are they in "
+                         f"ms/um^2 (10^3 s/mm^2)? give them in s/mm^2 (e.g. 0,50,400,800)")
+    return values
+
+
+def check_signal(array: np.ndarray, what: str) -> None:
+    """A DWI image must hold some signal: an all-NaN or all-zero image would be 'used' for nothing."""
+    finite = np.isfinite(array)
+    if not finite.any():
+        raise InputError(f"{what} has no finite value (all NaN); it cannot enter the fit")
+    if not np.any(array[finite] > 0):
+        raise InputError(f"{what} has no positive signal; it cannot enter the fit")
+
+
+ROLES = ("lesion", "reference", "disc", "muscle", "ignore")  # segment roles; mrml re-exports them
+
+
+def check_roles(roles: dict, where: str) -> None:
+    """Roles given by segment name must be known: an unknown one would drop the segment."""
+    for name, role in roles.items():
+        if not isinstance(name, str):
+            raise InputError(f"{where}: segment names are text, got {name!r}")
+        if role not in ROLES:
+            raise InputError(f"{where}[{name!r}]: role {role!r} unknown; use one of {', '.join(ROLES)}")
+
+
+VOLUME_NODE_FIELDS = ("adc", "t1", "t2", "fs", "ct", "in_phase", "opposed_phase", "fat_fraction")
+
+
+def check_study_nodes(study) -> None:
+    """The study's nodes are MRML nodes of the right kind (not file names or arrays)."""
+    segmentation = study.segmentation
+    if segmentation is None or not hasattr(segmentation, "IsA") or not segmentation.IsA("vtkMRMLSegmentationNode"):
+        raise InputError(f"StudyNodes.segmentation must be a segmentation node (vtkMRMLSegmentationNode), "
+                         f"got {type(segmentation).__name__}")
+    dwi = study.dwi
+    if dwi is None or hasattr(dwi, "IsA") or isinstance(dwi, (str, bytes)):
+        raise InputError(f"StudyNodes.dwi must be a list of volume nodes, got {type(dwi).__name__}")
+    for name in VOLUME_NODE_FIELDS:
+        _check_volume_node(getattr(study, name), f"StudyNodes.{name}")
+    for index, node in enumerate(dwi):
+        _check_volume_node(node, f"StudyNodes.dwi[{index}]")
+    if isinstance(study.bvalues, (str, bytes)):
+        raise InputError(f"StudyNodes.bvalues must be a list of numbers (s/mm^2), got {study.bvalues!r}")
+    if dwi:
+        check_bvalues(list(study.bvalues), "StudyNodes.bvalues")
+    for name in ("roles", "spread"):
+        if not isinstance(getattr(study, name), dict):
+            raise InputError(f"StudyNodes.{name} must be a dict keyed by segment name, got {getattr(study, name)!r}")
+    check_roles(study.roles, "StudyNodes.roles")
+
+
+def _check_volume_node(node, where: str) -> None:
+    if node is None:
+        return
+    if not hasattr(node, "IsA") or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+        kind = node.GetClassName() if hasattr(node, "GetClassName") else type(node).__name__
+        raise InputError(f"{where} must be a scalar volume node (vtkMRMLScalarVolumeNode), got {kind}")
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"{where} '{node.GetName()}' holds no scalar image data")
+    if min(image.GetDimensions()) < 1:
+        raise InputError(f"{where} '{node.GetName()}' is empty")
+    spacing = np.asarray(node.GetSpacing(), float)
+    if not np.all(np.isfinite(spacing)) or spacing.min() < MIN_SPACING_MM or spacing.max() > MAX_SPACING_MM:
+        raise InputError(f"{where} '{node.GetName()}' has voxel spacing {' x '.join(f'{v:g}' for v in spacing)} mm; "
+                         f"it must lie in {MIN_SPACING_MM}-{MAX_SPACING_MM:g} mm (metres in the file?)")
+
+
 def check_grid_size(voxels: float, what: str) -> None:
     """Refuse an export whose grid would exceed MAX_VOXELS before it is allocated."""
     if not np.isfinite(voxels) or voxels > MAX_VOXELS:
