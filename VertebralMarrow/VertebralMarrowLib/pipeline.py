@@ -4,7 +4,7 @@ the demo (synthetic study, then the analysis). Used by the CLI and by researcher
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -96,8 +96,7 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
     # Written beside the target under a temporary name (same suffix, so the same writer) and
     # moved into place: an interrupted run leaves the previous map or none, never half of one.
     suffix = next(s for s in VOLUME_SUFFIXES if out_path.name.lower().endswith(s))
-    handle, temporary = tempfile.mkstemp(prefix=f".{out_path.name}.writing-", suffix=suffix, dir=out_path.parent)
-    os.close(handle)
+    temporary = out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
     try:
         write_node(app.scene, node, temporary)
         os.replace(temporary, out_path)

@@ -236,7 +236,7 @@ class ResolvedOptions:
     def check(self) -> None:
         if not 0.0 < self.adc_cutoff < 5.0:
             raise InputError(
-                f"{_option_name('adc_cutoff')} {self.adc_cutoff:g} is outside 0-5 x 10^-3 mm^2/s; "
+                f"ADC cut-off {_option_name('adc_cutoff')} = {self.adc_cutoff:g} is outside 0-5 x 10^-3 mm^2/s; "
                 f"give it in 10^-3 mm^2/s (e.g. 1.21)"
             )
         if self.indeterminate_band < 0 or self.indeterminate_band >= self.adc_cutoff:

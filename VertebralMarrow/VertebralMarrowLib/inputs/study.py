@@ -36,8 +36,7 @@ class StudyFiles:
     def __post_init__(self):
         """Types checked where the study enters: a path where a path belongs (one path given
         for `dwi` is a list of one, never a list of its letters), known roles."""
-        self.seg = _path(self.seg, "seg")
-        for name in ("label_names", "adc", "dwi_dicom", *VOLUME_KEYS):
+        for name in ("seg", "label_names", "adc", "dwi_dicom", *VOLUME_KEYS):
             value = getattr(self, name)
             setattr(self, name, None if value is None else _path(value, name))
         self.dwi = tuple(_paths(self.dwi, "dwi"))
@@ -108,6 +107,8 @@ def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
         raise InputError("no ADC input: give --adc (a scanner ADC map), --dwi with --bvalues, or --dwi-dicom")
     if len(given) > 1:
         raise InputError(f"give one ADC input, not {' and '.join(given)}")
+    if files.seg is None:
+        raise InputError("no segmentation: give --seg (a .seg.nrrd or a labelmap)")
     segmentation = load_segmentation(scene, app, files.seg, files.label_names)
     study = StudyNodes(segmentation=segmentation, roles=dict(files.roles), spread=dict(files.spread))
     if files.adc is not None:

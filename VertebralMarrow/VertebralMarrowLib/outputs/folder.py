@@ -169,7 +169,7 @@ def save_scene(scene, study: StudyNodes, result: AnalysisResult, out: Path, *ext
     volumes = [study.adc, study.t1, study.t2, study.fs, study.ct, study.in_phase, study.opposed_phase,
                study.fat_fraction, *study.dwi, result.adc_node if study.adc is None else None]
     nodes = [node for node in volumes if node is not None] + [study.segmentation] + [n for n in extra_nodes if n is not None]
-    seen = set()
+    seen, file_names = set(), set()
     for node in nodes:
         if node.GetID() in seen:
             continue
@@ -177,7 +177,7 @@ def save_scene(scene, study: StudyNodes, result: AnalysisResult, out: Path, *ext
         storage = node.GetStorageNode()
         written_here = storage is not None and Path(storage.GetFileName() or "").parent == out
         if not written_here:  # inputs are copied in so that the folder stands on its own
-            write_node(scene, node, data / _file_name(node))
+            write_node(scene, node, data / _unique(_file_name(node), file_names))
         storage = node.GetStorageNode()
         storage.SetFileName(str(Path(storage.GetFileName()).relative_to(out)))
     _show_in_slice_views(scene, study, result, extra_nodes)
@@ -205,6 +205,18 @@ def _show_in_slice_views(scene, study: StudyNodes, result: AnalysisResult, nodes
             composite.SetLabelVolumeID(overlay.GetID())
             composite.SetLabelOpacity(0.5)
         scene.AddNode(composite)
+
+
+def _unique(name: str, taken: set) -> str:
+    """`name`, or name_2, name_3, ... when inputs from different folders share a file name
+    (three t1.nrrd must not overwrite one another in scene-data)."""
+    stem, dot, suffix = name.partition(".")
+    candidate, number = name, 1
+    while candidate.lower() in taken:
+        number += 1
+        candidate = f"{stem}_{number}{dot}{suffix}"
+    taken.add(candidate.lower())
+    return candidate
 
 
 def _file_name(node) -> str:
