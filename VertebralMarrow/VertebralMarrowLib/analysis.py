@@ -265,6 +265,8 @@ def _check_coverage(on_grid, stats: Dict[str, dict], names, volume_label: str, m
             outside = on_grid.outside_fraction.get(sid, 0.0)
             if count == 0:
                 where = "lies entirely outside" if outside >= 1.0 else "covers no voxel of"
+                if stats.get(sid, {}).get("n_nonfinite"):
+                    where = "covers only voxels without a value (NaN, or 0 in a scanner map) in"
                 raise InputError(f"ROI '{names[sid]}' {where} {volume_label}; check the segment or the volume")
             if outside > 0.0:
                 warnings.append(f"ROI '{names[sid]}' lies {outside:.0%} outside {volume_label}; measured on the overlap")
