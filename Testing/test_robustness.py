@@ -106,6 +106,16 @@ def study(tmp_path_factory):
 
     float_1e3 = sitk.Cast(adc, sitk.sitkFloat32) * 0.001  # the scanner map (10^-6) as 10^-3 floats
     sitk.WriteImage(float_1e3, str(bad / "adc_float_1e-3.nrrd"))
+    seg = sitk.ReadImage(str(files["seg"]))
+    assert seg.GetMetaData("Segment0_Name") == "T12 lesion"
+    layer = int(seg.GetMetaData("Segment0_Layer"))
+    seg = seg if seg.GetNumberOfComponentsPerPixel() == 1 else sitk.VectorIndexSelectionCast(seg, layer)
+    on_adc = sitk.GetArrayFromImage(sitk.Resample(seg, adc, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    holes = sitk.GetArrayFromImage(float_1e3).copy()
+    holes[on_adc == int(seg.GetMetaData("Segment0_LabelValue"))] = np.nan
+    holes_image = sitk.GetImageFromArray(holes)
+    holes_image.CopyInformation(adc)
+    sitk.WriteImage(holes_image, str(bad / "adc_nan_in_t12.nrrd"))
     dwi = [files[key] for key in sorted(k for k in files if k.startswith("dwi_b"))]
     nan = sitk.Cast(sitk.ReadImage(str(dwi[-1])), sitk.sitkFloat32) * float("nan")
     sitk.WriteImage(nan, str(bad / "dwi_all_nan.nrrd"))
@@ -201,6 +211,7 @@ FILE_CASES = [
     ("criteria with null", {"criteria": "null.json"}, ["adc_cutoff.value"]),
     ("criteria with text", {"criteria": "text.json"}, ["entities.metastasis_lytic.adc.mean"]),
     ("1e-3 map read as 1e-6", {"adc": "adc_float_1e-3.nrrd", "adc_units": "1e-6"}, ["1e-3"]),
+    ("ROI over NaN voxels", {"adc": "adc_nan_in_t12.nrrd"}, ["T12 lesion", "without a value"]),
     ("1e-6 map read as 1e-3", {"adc_units": "1e-3"}, ["1e-6"]),
 ]
 
@@ -330,6 +341,36 @@ def test_a_folder_of_other_files_is_not_replaced(study, tmp_path, capsys):
     other.mkdir()
     (other / "letter.txt").write_text("mine")
     assert "not a VertebralMarrow result" in refused(analyze_args(study, other), capsys, other)
+
+
+def test_export_works_on_a_private_copy(study, tmp_path):
+    """The Slicer module's export: the user's nodes (modification times, segment colours,
+    storage file names) and the input files stay as they were."""
+    from VertebralMarrowLib.analysis import analyze
+    from VertebralMarrowLib.inputs.study import StudyFiles, load_study
+    from VertebralMarrowLib.mrml import new_scene, segment_ids
+    from VertebralMarrowLib.outputs.folder import write_output_folder
+    from VertebralMarrowLib.slicer_panel import panel
+
+    files = study["files"]
+    app = new_scene()
+    nodes = load_study(app, StudyFiles(seg=files["seg"], adc=files["adc"], t1=files["t1"]))
+    result = analyze(app.scene, nodes, app=app)
+    user_nodes = [nodes.segmentation, nodes.adc, nodes.t1]
+    segmentation = nodes.segmentation.GetSegmentation()
+
+    def state():
+        return ([node.GetMTime() for node in user_nodes],
+                [node.GetStorageNode().GetFileName() for node in user_nodes],
+                [tuple(segmentation.GetSegment(sid).GetColor()) for sid in segment_ids(nodes.segmentation)],
+                app.scene.GetNumberOfNodes())
+
+    before, files_before = state(), checksums(study["folder"])
+    copy_app, copy_study, copy_result = panel.export_copy(nodes, result)
+    write_output_folder(copy_app, copy_study, copy_result, tmp_path / "report")
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert state() == before
+    assert checksums(study["folder"]) == files_before
 
 
 # --- the Python API -----------------------------------------------------------------------------
