@@ -13,15 +13,13 @@ from VertebralMarrowLib.mrml import (
     array_of, get_segment_spread, ijk_to_ras_of, new_scene, segment_ids, segment_name, set_segment_spread,
     volume_from_array,
 )
-from VertebralMarrowLib.phantom import LESIONS, Anatomy, Grid, make_phantom, voxel_centres_ras
+from VertebralMarrowLib.phantom import LESIONS, Anatomy, Grid, voxel_centres_ras
 from VertebralMarrowLib.inputs.study import StudyFiles, load_study, parse_spread
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("phantom")
-    make_phantom(out, seed=5)
-    return out
+def study_dir(phantom_study):
+    return phantom_study(5)[0]
 
 
 def load(study_dir):

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import DISCLAIMER, __version__
 from .core.adc import decide_adc_units, fit_adc_volume, select_bvalues, trace_weighted
-from .core.criteria import Options, ResolvedOptions
+from .core.criteria import Options
 from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
 from .inputs.validate import check_study_nodes, check_unique_names
@@ -33,13 +33,13 @@ from .mrml import (
     voxel_volume_mm3,
 )
 from .core.classes import CLASSES, class_key, classify_adc
+from .core.sequences import SEQUENCES, SIGNAL_KEYS
 from .core.stats import classify_signal, roi_means, roi_statistics
 
 # Free water at body temperature is 3.0 x 10^-3 mm^2/s: a ROI mean far above it means the
 # units are wrong, not that the tissue is unusual.
 ADC_MAX_PLAUSIBLE = 4.0
 
-SIGNAL_SEQUENCES = ("t1", "t2", "fs")
 OVERLAY_CLASSES = {c.code: c.label for c in CLASSES}
 
 
@@ -79,7 +79,7 @@ class AnalysisResult:
     adc_units: str
     bvalues_used: Optional[List[float]]
     warnings: List[str]
-    options: ResolvedOptions
+    options: Options
     inputs: Dict[str, str]
     rois_on_adc: SegmentsOnGrid      # the measured segments on the ADC grid, for pictures
     disclaimer: str = DISCLAIMER
@@ -137,11 +137,7 @@ def analyze(
             warnings.append(f"ROI '{names[sid]}': {stats['n_nonfinite']} voxels have no ADC (0 or not fitted) and are left out")
 
     signal_means: Dict[str, Dict[str, tuple]] = {}
-    optional_volumes = [
-        ("t1", study.t1, "T1"), ("t2", study.t2, "T2"), ("fs", study.fs, "FS-T2/STIR"), ("ct", study.ct, "CT"),
-        ("in_phase", study.in_phase, "in-phase"), ("opposed_phase", study.opposed_phase, "opposed-phase"),
-        ("fat_fraction", study.fat_fraction, "fat fraction"),
-    ]
+    optional_volumes = [(s.key, getattr(study, s.key), s.label) for s in SEQUENCES]
     present = [entry for entry in optional_volumes if entry[1] is not None]
     for index, (key, node, label) in enumerate(present):
         step(0.5 + 0.3 * index / max(len(present), 1), f"ROIs on {label}")
@@ -207,7 +203,7 @@ def _roles(segmentation, ids, names, given: Dict[str, str], reference_names: Seq
     return roles
 
 
-def _adc(scene, study: StudyNodes, options: ResolvedOptions, warnings: List[str], step):
+def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
     if study.adc is not None and study.dwi:
         raise InputError("give either an ADC map or DWI volumes, not both")
     if study.adc is not None:
@@ -286,7 +282,7 @@ def _ratio(value: Optional[float], reference: Optional[float]) -> Optional[float
     return value / reference
 
 
-def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean, spread, options: ResolvedOptions):
+def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean, spread, options: Options):
     mean_adc = adc.get("mean")
     if mean_adc is not None and mean_adc < 0:
         raise InputError(f"ROI '{name}' has a negative mean ADC ({mean_adc:.3g} x 10^-3 mm^2/s); check the ADC map and --adc-units")
@@ -303,7 +299,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
         adc_class = "n/a"
 
     ratios, signals = {}, {}
-    for key in SIGNAL_SEQUENCES:
+    for key in SIGNAL_KEYS:
         value = signal_means.get(key, {}).get(sid, (None, 0))[0]
         ratios[key] = _ratio(value, reference_mean.get(key))
         signals[key] = classify_signal(ratios[key], options.signal_low_below, options.signal_high_above)
@@ -365,7 +361,7 @@ def _known(signal: str) -> Optional[str]:
     return None if signal == "n/a" else signal
 
 
-def _versus(value: Optional[float], reference: Optional[float], options: ResolvedOptions) -> Optional[str]:
+def _versus(value: Optional[float], reference: Optional[float], options: Options) -> Optional[str]:
     return _known(classify_signal(_ratio(value, reference), options.signal_low_below, options.signal_high_above))
 
 
@@ -376,7 +372,7 @@ def _fat_percent(mean_fraction: Optional[float]) -> Optional[float]:
     return mean_fraction * 100.0 if mean_fraction <= 1.0 else mean_fraction
 
 
-def _overlay(on_adc, lesion_ids: Sequence[str], adc_map: np.ndarray, options: ResolvedOptions) -> np.ndarray:
+def _overlay(on_adc, lesion_ids: Sequence[str], adc_map: np.ndarray, options: Options) -> np.ndarray:
     in_lesion = np.zeros(adc_map.shape, bool)
     for labels, layer_ids in zip(on_adc.labels, on_adc.ids_per_layer):
         values = [index + 1 for index, sid in enumerate(layer_ids) if sid in lesion_ids]

@@ -148,21 +148,30 @@ def load_segmentation(scene, app: Optional[HeadlessApp], path, label_names: Opti
 
 
 def read_label_names(path) -> Dict[int, str]:
-    """Label value -> name from a Slicer color-table text file (`value name r g b a`)."""
+    """Label value -> name from a Slicer color-table text file (`value name r g b a`).
+
+    Read as Slicer's own color-table reader does (an underscore in a name stands for a space:
+    `L3_normal` is 'L3 normal'), and also keeping a name written with spaces whole (Slicer's
+    reader would cut 'L3 normal' to 'L3', and the segment would lose its reference role)."""
     names: Dict[int, str] = {}
     for number, line in enumerate(read_text(path, "label names file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
+        colour = parts[-4:] if len(parts) >= 6 else []
+        name_parts = parts[1:-4] if colour else parts[1:2]
         try:
-            value, name = int(parts[0]), parts[1]
+            value = int(parts[0])
+            [float(c) for c in colour]
         except (ValueError, IndexError):
+            value = None
+        if value is None or not name_parts:
             raise InputError(f"label names file {path} line {number}: expected 'value name r g b a' "
-                             f"separated by spaces, got '{line[:60]}'") from None
+                             f"separated by spaces, got '{line[:60]}'")
         if value in names:
             raise InputError(f"label names file {path} line {number}: label {value} is named twice")
-        names[value] = name
+        names[value] = " ".join(name_parts).replace("_", " ")
     check_unique_names(list(names.values()), f"label names file {path}")
     return names
 

@@ -13,7 +13,8 @@ from .core.criteria import Options, checked_number
 from .errors import InputError
 from .outputs.folder import staged_folder, write_outputs_into
 from .mrml import ijk_to_ras_of, new_scene, volume_from_array, write_node
-from .inputs.study import VOLUME_KEYS, StudyFiles, load_dwi, load_dwi_dicom, load_study
+from .core.sequences import SEQUENCES
+from .inputs.study import StudyFiles, load_dwi, load_dwi_dicom, load_study
 from .inputs.validate import check_output_not_input
 
 Progress = Optional[Callable[[float, str], None]]
@@ -29,27 +30,31 @@ def _scaled(progress: Progress, start: float, stop: float) -> Progress:
 def _input_paths(files: StudyFiles, options: Optional[Options]) -> List[Tuple[str, Path]]:
     inputs = [("--seg", files.seg), ("--label-names", files.label_names), ("--adc", files.adc),
               ("--dwi-dicom", files.dwi_dicom)] + [("--dwi", path) for path in files.dwi]
-    inputs += [(f"--{key.replace('_', '-')}", getattr(files, key)) for key in VOLUME_KEYS]
+    inputs += [(sequence.flag, getattr(files, sequence.key)) for sequence in SEQUENCES]
     if options is not None and options.criteria_path is not None:
         inputs.append(("--criteria", Path(options.criteria_path)))
     return [(flag, Path(path)) for flag, path in inputs if path is not None]
 
 
-def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progress: Progress = None) -> AnalysisResult:
-    """Load the study, analyse it and write every output into `out_dir`, whole or not at all.
-    The output folder may neither be nor contain an input (it is replaced whole)."""
+def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progress: Progress = None,
+                 single_file_report: bool = False) -> AnalysisResult:
+    """Load the study, analyse it and write every output into `out_dir`, whole or not at all
+    (`single_file_report`: report.html with its pictures inside). The output folder may
+    neither be nor contain an input (it is replaced whole)."""
     if not isinstance(files, StudyFiles):
         raise InputError(f"files must be StudyFiles, got {type(files).__name__}")
     check_output_not_input([("--out", Path(out_dir))], _input_paths(files, options))
     with staged_folder(out_dir) as stage:
-        return _analyze_into(files, options, stage, progress)
+        return _analyze_into(files, options, stage, progress, single_file_report)
 
 
-def _analyze_into(files: StudyFiles, options: Optional[Options], folder: Path, progress: Progress) -> AnalysisResult:
+def _analyze_into(files: StudyFiles, options: Optional[Options], folder: Path, progress: Progress,
+                  single_file_report: bool = False) -> AnalysisResult:
     app = new_scene()
     study = load_study(app, files)
     result = analyze(app.scene, study, options, app=app, progress=_scaled(progress, 0.0, 0.5))
-    write_outputs_into(app, study, result, folder, progress=_scaled(progress, 0.5, 1.0))
+    write_outputs_into(app, study, result, folder, progress=_scaled(progress, 0.5, 1.0),
+                       single_file_report=single_file_report)
     return result
 
 

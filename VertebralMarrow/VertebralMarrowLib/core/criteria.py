@@ -8,12 +8,13 @@ the analysis takes directly.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from ..errors import InputError
 
@@ -147,12 +148,77 @@ def citation(criteria: dict, source_key: str) -> str:
     return criteria["references"].get(source_key, source_key)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One user setting: the one place that says its name on each front door, its unit, its
+    range and where its default comes from. The CLI's flags and help, the panel's parameter
+    defaults and tooltips, and every message about it are made from this table."""
+
+    name: str                       # the Options field
+    label: str                      # in words, for messages and the panel
+    flag: str                       # on the command line
+    parameter: str                  # on the Slicer panel's parameter node
+    unit: str
+    help: str
+    kind: type = float
+    criteria_key: Optional[Tuple[str, str]] = None   # where criteria.json holds the default
+    default: object = None                           # the default when criteria.json has none
+    choices: Tuple[str, ...] = ()
+    low: Optional[float] = None                      # allowed range, both ends included
+    high: Optional[float] = None
+
+    def default_value(self, criteria: Optional[dict] = None):
+        if self.criteria_key is None:
+            return self.default
+        section, key = self.criteria_key
+        return self.kind((criteria or load_criteria())[section][key])
+
+    def source(self, criteria: Optional[dict] = None) -> str:
+        """The citation of the default, or '' for settings that are not clinical numbers."""
+        if self.criteria_key is None:
+            return ""
+        criteria = criteria or load_criteria()
+        return citation(criteria, criteria[self.criteria_key[0]].get("source", ""))
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("adc_cutoff", "ADC cut-off", "--cutoff", "cutoff", "10^-3 mm^2/s",
+            "a lesion whose mean ADC is at or below it is malignant-range", criteria_key=("adc_cutoff", "value"),
+            low=0.1, high=4.0),
+    Setting("indeterminate_band", "indeterminate band", "--band", "indeterminateBand", "10^-3 mm^2/s",
+            "lesions within cut-off +/- band are indeterminate (0: off)", criteria_key=("indeterminate_band", "value"),
+            low=0.0, high=1.0),
+    Setting("signal_low_below", "low-signal ratio", "--low-below", "signalLowBelow", "ratio",
+            "a lesion / normal-marrow signal ratio below it is 'low'", criteria_key=("signal_ratio", "low_below"),
+            low=0.1, high=1.0),
+    Setting("signal_high_above", "high-signal ratio", "--high-above", "signalHighAbove", "ratio",
+            "a lesion / normal-marrow signal ratio above it is 'high'", criteria_key=("signal_ratio", "high_above"),
+            low=1.0, high=5.0),
+    Setting("min_voxels", "minimum voxel count", "--min-voxels", "minVoxels", "voxels",
+            "a ROI covering fewer voxels of a volume's grid is flagged", kind=int, criteria_key=("min_voxels", "value"),
+            low=1, high=10000),
+    Setting("ct_sclerotic_min_hu", "CT sclerotic threshold", "--ct-sclerotic-hu", "ctScleroticHu", "HU",
+            "a lesion whose mean CT attenuation is at or above it is sclerotic", criteria_key=("ct", "sclerotic_min_hu"),
+            low=0.0, high=3000.0),
+    Setting("adc_units", "ADC units", "--adc-units", "adcUnits", "",
+            "units of the scanner ADC map (auto: decided from the values, and said)", kind=str, default="auto",
+            choices=("auto", "mm2/s", "1e-3", "1e-6")),
+    Setting("fit_method", "ADC fit", "--method", "fitMethod", "",
+            "iwls: weighted log-linear least squares, reweighted; ols: ordinary log-linear", kind=str, default="iwls",
+            choices=("iwls", "ols")),
+    Setting("bmin", "lowest b-value", "--bmin", "bmin", "s/mm^2",
+            "b-values below it are left out of the fit (perfusion-weighted)", low=0.0, high=10000.0),
+    Setting("bmax", "highest b-value", "--bmax", "bmax", "s/mm^2",
+            "b-values above it are left out of the fit (noise floor)", low=0.0, high=10000.0),
+)
+SETTING: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
 @dataclass
 class Options:
-    """The user's choices for one analysis. None means: take the criteria file's default.
-
-    ADC values are in 10^-3 mm^2/s throughout.
-    """
+    """The user's choices for one analysis; None means the default (SETTINGS says where it
+    comes from). ADC values are in 10^-3 mm^2/s throughout. `resolved()` gives a copy with
+    every default filled in, checked, and the criteria it was read from."""
 
     adc_cutoff: Optional[float] = None
     indeterminate_band: Optional[float] = None
@@ -160,98 +226,60 @@ class Options:
     signal_high_above: Optional[float] = None
     min_voxels: Optional[int] = None
     ct_sclerotic_min_hu: Optional[float] = None
-    adc_units: str = "auto"
-    fit_method: str = "iwls"
+    adc_units: Optional[str] = None
+    fit_method: Optional[str] = None
     bmin: Optional[float] = None
     bmax: Optional[float] = None
     reference_segments: Sequence[str] = field(default_factory=tuple)
     criteria_path: Optional[Path] = None
+    criteria: dict = field(default_factory=dict, repr=False)  # filled by resolved()
 
-    def resolved(self) -> "ResolvedOptions":
-        """Overrides applied to the criteria file's defaults, checked for sense. A wrong type
-        or value is an InputError naming the option (and its command-line flag)."""
+    def resolved(self) -> "Options":
         criteria = load_criteria(self.criteria_path)
-
-        def pick(name: str, default, integer=False):
-            value = getattr(self, name)
-            return checked_number(default if value is None else value, _option_name(name), integer=integer)
-
-        def optional(name: str):
-            value = getattr(self, name)
-            return None if value is None else checked_number(value, _option_name(name), 0.0)
-
-        for name in ("adc_units", "fit_method"):
-            if not isinstance(getattr(self, name), str):
-                raise InputError(f"{_option_name(name)} must be text, got {getattr(self, name)!r}")
-        references = self.reference_segments
-        if isinstance(references, str):  # one name, not a list of its letters
-            references = (references,)
-        if references is None or not all(isinstance(name, str) for name in references):
-            raise InputError(f"{_option_name('reference_segments')} must be segment names, got {self.reference_segments!r}")
-        resolved = ResolvedOptions(
-            criteria=criteria,
-            adc_cutoff=pick("adc_cutoff", criteria["adc_cutoff"]["value"]),
-            indeterminate_band=pick("indeterminate_band", criteria["indeterminate_band"]["value"]),
-            signal_low_below=pick("signal_low_below", criteria["signal_ratio"]["low_below"]),
-            signal_high_above=pick("signal_high_above", criteria["signal_ratio"]["high_above"]),
-            min_voxels=pick("min_voxels", criteria["min_voxels"]["value"], integer=True),
-            ct_sclerotic_min_hu=pick("ct_sclerotic_min_hu", criteria["ct"]["sclerotic_min_hu"]),
-            adc_units=self.adc_units,
-            fit_method=self.fit_method,
-            bmin=optional("bmin"),
-            bmax=optional("bmax"),
-            reference_segments=tuple(references),
-        )
+        values = {}
+        for setting in SETTINGS:
+            value = getattr(self, setting.name)
+            value = setting.default_value(criteria) if value is None else value  # a criteria file's too
+            values[setting.name] = None if value is None else _checked(setting, value)
+        if isinstance(self.reference_segments, str):  # one name, never its letters
+            references = (self.reference_segments,)
+        else:
+            try:
+                references = tuple(self.reference_segments)
+            except TypeError:
+                references = (None,)
+        if not all(isinstance(name, str) for name in references):
+            raise InputError(f"reference segments must be segment names, got {self.reference_segments!r}",
+                             field="reference_segments")
+        resolved = dataclasses.replace(self, **values, reference_segments=references, criteria=criteria)
         resolved.check()
         return resolved
 
-
-OPTION_FLAGS = {
-    "adc_cutoff": "--cutoff", "indeterminate_band": "--band", "signal_low_below": "--low-below",
-    "signal_high_above": "--high-above", "min_voxels": "--min-voxels", "ct_sclerotic_min_hu": "--ct-sclerotic-hu",
-    "adc_units": "--adc-units", "fit_method": "--method", "bmin": "--bmin", "bmax": "--bmax",
-    "reference_segments": "--reference",
-}
-
-
-def _option_name(name: str) -> str:
-    return f"Options.{name} ({OPTION_FLAGS[name]})" if name in OPTION_FLAGS else f"Options.{name}"
-
-
-@dataclass
-class ResolvedOptions:
-    criteria: dict
-    adc_cutoff: float
-    indeterminate_band: float
-    signal_low_below: float
-    signal_high_above: float
-    min_voxels: int
-    ct_sclerotic_min_hu: float
-    adc_units: str
-    fit_method: str
-    bmin: Optional[float]
-    bmax: Optional[float]
-    reference_segments: tuple
-
     def check(self) -> None:
-        if not 0.0 < self.adc_cutoff < 5.0:
-            raise InputError(
-                f"ADC cut-off {_option_name('adc_cutoff')} = {self.adc_cutoff:g} is outside 0-5 x 10^-3 mm^2/s; "
-                f"give it in 10^-3 mm^2/s (e.g. 1.21)"
-            )
-        if self.indeterminate_band < 0 or self.indeterminate_band >= self.adc_cutoff:
-            raise InputError(f"{_option_name('indeterminate_band')} {self.indeterminate_band:g} must be >= 0 "
-                             f"and below the cut-off {self.adc_cutoff:g}")
-        if not 0 < self.signal_low_below <= 1.0 <= self.signal_high_above:
-            raise InputError(
-                f"signal thresholds must satisfy 0 < {_option_name('signal_low_below')} ({self.signal_low_below:g}) "
-                f"<= 1 <= {_option_name('signal_high_above')} ({self.signal_high_above:g})"
-            )
-        if self.min_voxels < 1:
-            raise InputError(f"{_option_name('min_voxels')} must be at least 1, not {self.min_voxels}")
-        if self.adc_units not in ("auto", "mm2/s", "1e-3", "1e-6"):
-            raise InputError(f"{_option_name('adc_units')} '{self.adc_units}' unknown; use auto, mm2/s, 1e-3 or 1e-6")
-        if self.fit_method not in ("iwls", "ols"):
-            raise InputError(f"{_option_name('fit_method')} '{self.fit_method}' unknown; use iwls or ols")
+        """Relations between settings (each one's own range is checked as it is read)."""
+        if self.indeterminate_band >= self.adc_cutoff:
+            raise InputError(f"indeterminate band {self.indeterminate_band} must be below the ADC cut-off "
+                             f"{self.adc_cutoff}", field="indeterminate_band")
+        if self.signal_low_below > self.signal_high_above:
+            raise InputError(f"low-signal ratio {self.signal_low_below} is above the high-signal ratio "
+                             f"{self.signal_high_above}", field="signal_low_below")
         if self.bmin is not None and self.bmax is not None and self.bmin >= self.bmax:
-            raise InputError(f"--bmin {self.bmin:g} must be below --bmax {self.bmax:g}")
+            raise InputError(f"lowest b-value {self.bmin} must be below the highest b-value {self.bmax}", field="bmin")
+
+
+def _checked(setting: Setting, value):
+    """`value` as the setting's type, within its range or choices; InputError naming it otherwise."""
+    if setting.kind is str:
+        if not isinstance(value, str) or (setting.choices and value not in setting.choices):
+            raise InputError(f"{setting.label} '{value}' unknown; use {', '.join(setting.choices)}", field=setting.name)
+        return value
+    try:
+        number = setting.kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{setting.label} {value!r} is not a number", field=setting.name) from None
+    if isinstance(value, bool) or not math.isfinite(number) or (setting.kind is int and number != float(value)):
+        raise InputError(f"{setting.label} {value!r} is not a finite {setting.kind.__name__}", field=setting.name)
+    if (setting.low is not None and number < setting.low) or (setting.high is not None and number > setting.high):
+        unit = f" {setting.unit}" if setting.unit else ""
+        raise InputError(f"{setting.label} {number:g} is outside {setting.low:g}-{setting.high:g}{unit}", field=setting.name)
+    return number

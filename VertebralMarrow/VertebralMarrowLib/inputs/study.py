@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..analysis import StudyNodes
+from ..core.sequences import SEQUENCES
 from ..errors import InputError
 from .validate import check_bvalues, check_roles, check_signal, read_text
 from ..mrml import HeadlessApp, array_of, load_segmentation, load_volume, read_image_sitk, volume_from_array
@@ -36,7 +37,7 @@ class StudyFiles:
     def __post_init__(self):
         """Types checked where the study enters: a path where a path belongs (one path given
         for `dwi` is a list of one, never a list of its letters), known roles."""
-        for name in ("seg", "label_names", "adc", "dwi_dicom", *VOLUME_KEYS):
+        for name in ("seg", "label_names", "adc", "dwi_dicom", *(sequence.key for sequence in SEQUENCES)):
             value = getattr(self, name)
             setattr(self, name, None if value is None else _path(value, name))
         self.dwi = tuple(_paths(self.dwi, "dwi"))
@@ -46,9 +47,6 @@ class StudyFiles:
             if not isinstance(getattr(self, name), dict):
                 raise InputError(f"StudyFiles.{name} must be a dict keyed by segment name, got {getattr(self, name)!r}")
         check_roles(self.roles, "StudyFiles.roles")
-
-
-VOLUME_KEYS = ("t1", "t2", "fs", "ct", "in_phase", "opposed_phase", "fat_fraction")
 
 
 def _sequence(value, name: str) -> list:
@@ -117,11 +115,10 @@ def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
         study.dwi, study.bvalues = load_dwi(scene, files.dwi, files.bvalues)
     else:
         study.dwi, study.bvalues = load_dwi_dicom(scene, files.dwi_dicom)
-    for key, what in (("t1", "T1"), ("t2", "T2"), ("fs", "FS-T2/STIR"), ("ct", "CT"),
-                      ("in_phase", "in-phase"), ("opposed_phase", "opposed-phase"), ("fat_fraction", "fat fraction")):
-        path = getattr(files, key)
+    for sequence in SEQUENCES:
+        path = getattr(files, sequence.key)
         if path is not None:
-            setattr(study, key, load_volume(scene, path, what))
+            setattr(study, sequence.key, load_volume(scene, path, sequence.label))
     return study
 
 

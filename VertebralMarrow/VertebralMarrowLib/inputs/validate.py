@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.sequences import SEQUENCES
 from ..errors import InputError
 
 # Voxel spacing of clinical MRI and CT lies between about 0.2 and 10 mm. Far below: the file
@@ -275,9 +276,6 @@ def check_roles(roles: dict, where: str) -> None:
             raise InputError(f"{where}[{name!r}]: role {role!r} unknown; use one of {', '.join(ROLES)}")
 
 
-VOLUME_NODE_FIELDS = ("adc", "t1", "t2", "fs", "ct", "in_phase", "opposed_phase", "fat_fraction")
-
-
 def check_study_nodes(study) -> None:
     """The study's nodes are MRML nodes of the right kind (not file names or arrays)."""
     segmentation = study.segmentation
@@ -287,7 +285,7 @@ def check_study_nodes(study) -> None:
     dwi = study.dwi
     if dwi is None or hasattr(dwi, "IsA") or isinstance(dwi, (str, bytes)):
         raise InputError(f"StudyNodes.dwi must be a list of volume nodes, got {type(dwi).__name__}")
-    for name in VOLUME_NODE_FIELDS:
+    for name in ("adc", *(sequence.key for sequence in SEQUENCES)):
         _check_volume_node(getattr(study, name), f"StudyNodes.{name}")
     for index, node in enumerate(dwi):
         _check_volume_node(node, f"StudyNodes.dwi[{index}]")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -15,6 +16,7 @@ from typing import Callable, Iterator, List, Optional
 import slicer
 
 from ..analysis import AnalysisResult, StudyNodes
+from ..core.sequences import SEQUENCES
 from ..errors import InputError
 from ..mrml import write_node
 from .nodes import ADC_MAP_NAME, adc_color_node, adc_map_node, class_color_node, color_segments_by_class, overlay_node
@@ -25,12 +27,14 @@ SCENE_DATA = "scene-data"
 
 
 def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
-                        progress: Optional[Callable[[float, str], None]] = None) -> List[Path]:
+                        progress: Optional[Callable[[float, str], None]] = None,
+                        single_file_report: bool = False) -> List[Path]:
     """Write every output of the interface into `out_dir`, whole or not at all (see
-    `staged_folder`); return the files written."""
+    `staged_folder`); return the files written. `single_file_report` embeds the pictures in
+    report.html."""
     out = Path(out_dir)
     with staged_folder(out) as stage:
-        written = write_outputs_into(app, study, result, stage, progress)
+        written = write_outputs_into(app, study, result, stage, progress, single_file_report)
     return [out / path.relative_to(stage) for path in written]
 
 
@@ -121,7 +125,8 @@ def _replace(stage: Path, out: Path) -> None:
 
 
 def write_outputs_into(app, study: StudyNodes, result: AnalysisResult, out: Path,
-                       progress: Optional[Callable[[float, str], None]] = None) -> List[Path]:
+                       progress: Optional[Callable[[float, str], None]] = None,
+                       single_file_report: bool = False) -> List[Path]:
     """Write every output of the interface into the folder `out` (a stage: see staged_folder)."""
     from .pictures import plot_nodes, write_pictures
     from .report import write_report
@@ -148,7 +153,7 @@ def write_outputs_into(app, study: StudyNodes, result: AnalysisResult, out: Path
     written += [picture.path for picture in pictures]
 
     step(0.8, "report")
-    written.append(write_report(out / "report.html", result_document(result), pictures))
+    written.append(write_report(out / "report.html", result_document(result), pictures, single_file=single_file_report))
 
     step(0.9, "scene")
     adc_colors = adc_color_node(scene)
@@ -166,8 +171,8 @@ def save_scene(scene, study: StudyNodes, result: AnalysisResult, out: Path, *ext
     """Save a Slicer scene: the .mrml in `out`, each node's data under scene-data/."""
     data = out / SCENE_DATA
     data.mkdir(exist_ok=True)
-    volumes = [study.adc, study.t1, study.t2, study.fs, study.ct, study.in_phase, study.opposed_phase,
-               study.fat_fraction, *study.dwi, result.adc_node if study.adc is None else None]
+    volumes = [study.adc, *(getattr(study, s.key) for s in SEQUENCES), *study.dwi,
+               result.adc_node if study.adc is None else None]
     nodes = [node for node in volumes if node is not None] + [study.segmentation] + [n for n in extra_nodes if n is not None]
     seen, file_names = set(), set()
     for node in nodes:
@@ -220,7 +225,10 @@ def _unique(name: str, taken: set) -> str:
 
 
 def _file_name(node) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.GetName())
+    """A readable file name from the node's name: units in brackets left out ('VertebralMarrow
+    ADC (10^-3 mm^2/s)' -> 'VertebralMarrow_ADC'), any other run of odd characters one '_'."""
+    words = re.sub(r"\([^)]*\)", " ", node.GetName())
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "_", words).strip("_.") or "node"
     if node.IsA("vtkMRMLSegmentationNode"):
         return safe + ".seg.nrrd"
     if node.IsA("vtkMRMLColorTableNode"):
