@@ -29,6 +29,8 @@ ENTITY_KEYS = (
     "tuberculous_spondylitis",
     "myeloma_leukemia",
     "red_marrow_reconversion",
+    "bone_island",
+    "focal_fat",
 )
 
 

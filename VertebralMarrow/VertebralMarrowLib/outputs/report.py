@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 from urllib.parse import quote
 
 from ..core.sequences import SEQUENCE, SEQUENCES, SIGNAL_KEYS
-from ..core.differential import is_number, likelihood_text
+from ..core.differential import is_number, likelihood_word
 from .nodes import CLASS_COLORS
 from .table import COLUMN_LABELS, COLUMNS
 
@@ -91,7 +91,7 @@ def _at_a_glance(document: dict, pictures: list, folder: Optional[Path]) -> str:
     for row in lesions:
         detail = segments.get(row["segment"], {})
         top = detail.get("differential", [])[:1]
-        likely = f"{_e(top[0]['label'])} <span class=\"muted\">({likelihood_text(top[0]['score'])})</span>" if top else "–"
+        likely = f"{_e(top[0]['label'])} <span class=\"muted\">({_e(likelihood_word(top[0]))})</span>" if top else "–"
         lines.append(
             f"<tr><td><a href=\"#{_anchor(row['segment'])}\">{_e(row['segment'])}</a></td>"
             f"<td class=\"num\"><b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))}</td>"
@@ -225,14 +225,25 @@ def _differential(candidates: List[dict]) -> str:
         against = "".join(f"<li>{_e(reason)}</li>" for reason in candidate.get("contradicts", []))
         rows.append(
             f"<tr><td class=\"num\">{rank}</td><td><b>{_e(candidate.get('label', candidate.get('entity', '')))}</b></td>"
-            f"<td class=\"num\">{likelihood_text(candidate.get('score'))}</td>"
-            f"<td>{_list('fits', fits)}</td><td>{_list('against', against)}</td></tr>"
+            f"<td>{_e(likelihood_word(candidate))}</td>"
+            f"<td>{_list('fits', fits)}</td><td>{_list('against', against)}{_exclusion_lists(candidate)}</td></tr>"
         )
     return (
         f"<h4>Differential (top {min(TOP_DIFFERENTIAL, len(candidates))} of {len(candidates)})</h4>"
-        "<table class=\"differential\"><thead><tr><th class=\"num\">#</th><th>Entity</th><th class=\"num\">Score</th>"
+        "<table class=\"differential\"><thead><tr><th class=\"num\">#</th><th>Entity</th><th>Likelihood</th>"
         "<th>Fits</th><th>Argues against</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
+
+
+def _exclusion_lists(candidate: dict) -> str:
+    """A diagnosis of exclusion shows what was and was not excluded, and what would settle it."""
+    parts = []
+    for key, title in (("excluded", "Argued against by the measurements"), ("not_excluded", "Not excluded"),
+                       ("to_settle", "What would settle it")):
+        items = candidate.get(key) or []
+        if items:
+            parts.append(f"<p><b>{title}</b></p><ul class=\"{key}\">" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>")
+    return "".join(parts)
 
 
 def _list(kind: str, items: str) -> str:
