@@ -99,10 +99,7 @@ def check_criteria(criteria, where: str) -> None:
         if entity.get("ct_hu") is not None:
             number(base + ".ct_hu.mean")
             number(base + ".ct_hu.sd", 0.0, low_open=True)
-    differential = get("differential")
-    for name, entry in differential.items():
-        if isinstance(entry, dict) and "value" in entry:
-            number(f"differential.{name}.value", 0.0, low_open=True)
+    get("differential")  # its factors are checked by name where the differential reads them
     extras = criteria.get("extra_criteria", {})
     if not isinstance(extras, dict):
         raise InputError(f"{where}: field 'extra_criteria' must be an object, got {extras!r}")

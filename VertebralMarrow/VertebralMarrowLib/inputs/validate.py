@@ -77,7 +77,7 @@ def check_image(path, what: str, kind: str = "volume") -> ImageInfo:
                      reader.GetNumberOfComponents())
     _check_shape(path, what, kind, info)
     _check_spacing(path, what, info)
-    _check_complete(path, what, reader)
+    _check_complete(path, what)
     if kind == "segmentation":
         _check_segment_metadata(path, reader)
     return info
@@ -121,7 +121,7 @@ def _check_spacing(path: Path, what: str, info: ImageInfo) -> None:
                          f"check the file's spacing (it must be in mm)")
 
 
-def _check_complete(path: Path, what: str, reader) -> None:
+def _check_complete(path: Path, what: str) -> None:
     """The whole payload is there. gzip streams are decompressed (and discarded) to their end
     marker; NIfTI payloads are compared with the size the header promises; everything else is
     read by SimpleITK, whose NRRD and MHA readers count the bytes they get."""
