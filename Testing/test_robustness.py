@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -285,32 +286,32 @@ def result_folder(study, tmp_path_factory):
 
 
 def test_volumes_sharing_a_file_name_keep_their_own_file_in_the_scene(result_folder):
+    """The scene points at each input where it is: three t1.nrrd stay three volumes."""
     root, out, inputs = result_folder
-    written = sorted((out / "scene-data").glob("t1*.nrrd"))
-    assert len(written) == 3
-    arrays = [sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in written]
+    scene = (out / "VertebralMarrow.mrml").read_text()
+    referenced = {(out / name).resolve() for name in re.findall(r'fileName="([^"]*)"', scene)}
     for key, path in inputs.items():
-        source = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-        assert sum(np.array_equal(source, array) for array in arrays) == 1, key
+        assert path.resolve() in referenced, key
+    written = [p.name.lower() for p in (out / "scene-data").iterdir()]
+    assert len(written) == len(set(written))
 
 
 def test_analysis_of_files_inside_a_previous_result_is_refused_and_changes_nothing(result_folder, capsys):
     root, out, _ = result_folder
-    data = out / "scene-data"
-    message = refused(["analyze", "--seg", data / "rois.seg.nrrd", "--adc", data / "adc_scanner.nrrd", "--out", out],
-                      capsys, out)
+    segmentation = next((out / "scene-data").glob("*.seg.nrrd"))
+    message = refused(["analyze", "--seg", segmentation, "--adc", out / "overlay.nrrd", "--out", out], capsys, out)
     assert "--out" in message
 
 
 def test_interrupted_run_leaves_the_previous_result_whole(study, result_folder, monkeypatch, capsys):
     root, out, inputs = result_folder
     before = checksums(out)
-    from VertebralMarrowLib.outputs import pictures
+    from VertebralMarrowLib.outputs import figures
 
     def interrupted(*args, **kwargs):  # Ctrl-C after results.csv and the overlay are written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pictures, "write_pictures", interrupted)
+    monkeypatch.setattr(figures, "write_pictures", interrupted)
     capsys.readouterr()
     assert cli.main([str(a) for a in analyze_args(study, out, **inputs)]) == 130
     assert checksums(out) == before

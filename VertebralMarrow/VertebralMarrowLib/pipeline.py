@@ -1,24 +1,26 @@
 """Whole runs from files: analyse a study into an output folder, fit an ADC map alone, and
-the demo (synthetic study, then the analysis). Used by the CLI and by researchers' scripts."""
+the demo (synthetic study, then the analysis). Used by the CLI and by researchers' scripts.
+
+`fit_adc_file` runs on numpy and SimpleITK alone (no vtk, no MRML): MRML is imported by the
+runs that need it, inside them."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
-from .analysis import AnalysisResult, analyze, fit_dwi_nodes
-from .core.criteria import Options, checked_number
+import numpy as np
+
+from .core.criteria import Options
 from .errors import InputError
-from .outputs.folder import staged_folder, write_outputs_into
-from .mrml import ijk_to_ras_of, new_scene, volume_from_array, write_node
-from .core.sequences import SEQUENCES
-from .inputs.study import StudyFiles, load_dwi, load_dwi_dicom, load_study
-from .inputs.validate import check_output_not_input
+
+if TYPE_CHECKING:
+    from .analysis import AnalysisResult
+    from .inputs.study import StudyFiles
 
 Progress = Optional[Callable[[float, str], None]]
-VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
 def _scaled(progress: Progress, start: float, stop: float) -> Progress:
@@ -28,6 +30,8 @@ def _scaled(progress: Progress, start: float, stop: float) -> Progress:
 
 
 def _input_paths(files: StudyFiles, options: Optional[Options]) -> List[Tuple[str, Path]]:
+    from .core.sequences import SEQUENCES
+
     inputs = [("--seg", files.seg), ("--label-names", files.label_names), ("--adc", files.adc),
               ("--dwi-dicom", files.dwi_dicom)] + [("--dwi", path) for path in files.dwi]
     inputs += [(sequence.flag, getattr(files, sequence.key)) for sequence in SEQUENCES]
@@ -36,13 +40,22 @@ def _input_paths(files: StudyFiles, options: Optional[Options]) -> List[Tuple[st
     return [(flag, Path(path)) for flag, path in inputs if path is not None]
 
 
+def _check_files(files) -> None:
+    from .inputs.study import StudyFiles
+
+    if not isinstance(files, StudyFiles):
+        raise InputError(f"files must be StudyFiles, got {type(files).__name__}")
+
+
 def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progress: Progress = None,
                  single_file_report: bool = False) -> AnalysisResult:
     """Load the study, analyse it and write every output into `out_dir`, whole or not at all
     (`single_file_report`: report.html with its pictures inside). The output folder may
     neither be nor contain an input (it is replaced whole)."""
-    if not isinstance(files, StudyFiles):
-        raise InputError(f"files must be StudyFiles, got {type(files).__name__}")
+    from .inputs.validate import check_output_not_input
+    from .outputs.folder import staged_folder
+
+    _check_files(files)
     check_output_not_input([("--out", Path(out_dir))], _input_paths(files, options))
     with staged_folder(out_dir) as stage:
         return _analyze_into(files, options, stage, progress, single_file_report)
@@ -50,6 +63,11 @@ def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progres
 
 def _analyze_into(files: StudyFiles, options: Optional[Options], folder: Path, progress: Progress,
                   single_file_report: bool = False) -> AnalysisResult:
+    from .analysis import analyze
+    from .inputs.study import load_study
+    from .mrml import new_scene
+    from .outputs.folder import write_outputs_into
+
     app = new_scene()
     study = load_study(app, files)
     result = analyze(app.scene, study, options, app=app, progress=_scaled(progress, 0.0, 0.5))
@@ -61,6 +79,8 @@ def _analyze_into(files: StudyFiles, options: Optional[Options], folder: Path, p
 def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResult:
     """The synthetic study into out_dir/study, then the analysis of it into out_dir (both
     written whole or not at all)."""
+    from .inputs.study import StudyFiles
+    from .outputs.folder import staged_folder
     from .phantom import make_phantom
 
     with staged_folder(out_dir) as stage:
@@ -75,14 +95,18 @@ def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResul
 
 
 def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Optional[float], out_path,
-                 progress: Progress = None) -> List[float]:
-    """Fit DWI into an ADC map file (float32, 10^-3 mm^2/s, DWI grid); return the b-values used."""
-    if method not in ("iwls", "ols"):
-        raise InputError(f"fit method '{method}' unknown; use iwls or ols")
-    if not str(out_path).lower().endswith(VOLUME_SUFFIXES):
-        raise InputError(f"--out {out_path}: write the ADC map as one of {', '.join(VOLUME_SUFFIXES)}")
-    if not isinstance(files, StudyFiles):
-        raise InputError(f"files must be StudyFiles, got {type(files).__name__}")
+                 progress: Progress = None, compress: bool = False) -> List[float]:
+    """Fit DWI into an ADC map file (float32, 10^-3 mm^2/s, DWI grid, the unit in the file);
+    return the b-values (shells) used. A map without one finite voxel is an error, not written."""
+    from .core.adc import _check_method, fit_adc_volume, group_shells, select_bvalues
+    from .outputs.map_file import MAP_SUFFIXES, check_map_path, write_map
+
+    from .core.criteria import checked_number
+    from .inputs.validate import check_bvalues, check_dwi_paths, check_image, check_output_not_input, check_signal
+
+    _check_method(method)
+    check_map_path(out_path)
+    _check_files(files)
     for name, value in (("--bmin", bmin), ("--bmax", bmax)):
         if value is not None:
             checked_number(value, name, 0.0)
@@ -90,21 +114,45 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
     if out_path.is_dir():
         raise InputError(f"--out {out_path} is a folder; give the ADC map's file name, e.g. adc.nrrd")
     check_output_not_input([("--out", out_path)], _input_paths(files, None))
-    app = new_scene()
     if files.dwi:
-        nodes, bvalues = load_dwi(app.scene, files.dwi, files.bvalues)
+        from .inputs.dwi_files import read_dwi_files
+
+        paths, given = check_dwi_paths(files.dwi, files.bvalues)
+        for path in paths:
+            check_image(path, "DWI", "dwi", complete=False)  # header, sizes, spacing; the read checks the rest
+        dwi = read_dwi_files(paths, given)
+        volumes, bvalues, ijk_to_ras = dwi.volumes, dwi.bvalues, dwi.ijk_to_ras
+        where = f"DWI {paths[0]}" if len(paths) == 1 else "DWI"
     else:
-        nodes, bvalues = load_dwi_dicom(app.scene, files.dwi_dicom)
-    adc, used = fit_dwi_nodes(nodes, bvalues, method, bmin, bmax, progress)
-    node = volume_from_array(app.scene, adc, ijk_to_ras_of(nodes[0]), out_path.stem)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target under a temporary name (same suffix, so the same writer) and
-    # moved into place: an interrupted run leaves the previous map or none, never half of one.
-    suffix = next(s for s in VOLUME_SUFFIXES if out_path.name.lower().endswith(s))
-    temporary = out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
-    try:
-        write_node(app.scene, node, temporary)
-        os.replace(temporary, out_path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return used
+        from .inputs.dicom_dwi import read_dwi_dicom
+
+        series = read_dwi_dicom(files.dwi_dicom)
+        volumes, bvalues, ijk_to_ras = series.volumes, series.bvalues, series.ijk_to_ras
+        where = f"DWI DICOM {files.dwi_dicom}"
+    bvalues = check_bvalues(bvalues, f"b-values of {where}")
+    for volume, b in zip(volumes, bvalues):
+        check_signal(volume, f"{where} (b = {b:g})")
+    kept = select_bvalues(bvalues, bmin, bmax)
+    used = [bvalues[i] for i in kept]
+    adc = fit_adc_volume([volumes[i] for i in kept], used, method, progress)
+    if not _any_finite(adc):
+        raise InputError(f"the ADC fit gave no finite voxel (b = {', '.join(f'{b:g}' for b in used)} s/mm^2): "
+                         "every voxel lacks positive signal at two b-values; is this DWI?")
+    if out_path.name.lower().endswith((".nhdr", ".mhd")):  # header and data files: written in place
+        write_map(out_path, adc, ijk_to_ras, compress=compress)
+    else:
+        # Written beside the target under a temporary name (same suffix, so the same writer) and
+        # moved into place: an interrupted run leaves the previous map or none, never half of one.
+        suffix = next(s for s in MAP_SUFFIXES if out_path.name.lower().endswith(s))
+        temporary = out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            write_map(temporary, adc, ijk_to_ras, compress=compress)
+            os.replace(temporary, out_path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return group_shells(used)[0]
+
+
+def _any_finite(array, chunk: int = 1 << 20) -> bool:
+    flat = array.reshape(-1)
+    return any(np.isfinite(flat[start:start + chunk]).any() for start in range(0, flat.size, chunk))

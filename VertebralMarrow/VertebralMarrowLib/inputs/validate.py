@@ -60,10 +60,12 @@ def check_readable(path, what: str) -> Path:
     return path
 
 
-def check_image(path, what: str, kind: str = "volume") -> ImageInfo:
+def check_image(path, what: str, kind: str = "volume", complete: bool = True) -> ImageInfo:
     """Check an image file before MRML reads it. `kind`: "volume" (3-D scalar), "dwi" (3-D or
     4-D scalar), "labelmap" (3-D scalar of non-negative integer labels) or "segmentation" (a
-    Slicer .seg.nrrd: 3-D, one component per layer)."""
+    Slicer .seg.nrrd: 3-D, one component per layer). `complete=False` leaves the payload of
+    NRRD and MHA files to the caller's own SimpleITK read, which raises on a short one (NIfTI's
+    reader does not, so its size is always checked)."""
     import SimpleITK as sitk
 
     path = check_readable(path, what)
@@ -77,7 +79,7 @@ def check_image(path, what: str, kind: str = "volume") -> ImageInfo:
                      reader.GetNumberOfComponents())
     _check_shape(path, what, kind, info)
     _check_spacing(path, what, info)
-    _check_complete(path, what)
+    _check_complete(path, what, complete)
     if kind == "segmentation":
         _check_segment_metadata(path, reader)
     return info
@@ -121,13 +123,15 @@ def _check_spacing(path: Path, what: str, info: ImageInfo) -> None:
                          f"check the file's spacing (it must be in mm)")
 
 
-def _check_complete(path: Path, what: str) -> None:
+def _check_complete(path: Path, what: str, read_all: bool) -> None:
     """The whole payload is there. gzip streams are decompressed (and discarded) to their end
     marker; NIfTI payloads are compared with the size the header promises; everything else is
     read by SimpleITK, whose NRRD and MHA readers count the bytes they get."""
     name = path.name.lower()
     if name.endswith(".nii.gz") or name.endswith(".nii"):
         _check_nifti_size(path, what)
+        return
+    if not read_all:
         return
     import SimpleITK as sitk
 
@@ -255,13 +259,34 @@ def check_bvalues(bvalues: Sequence[float], where: str) -> List[float]:
     return values
 
 
+def check_dwi_paths(paths, bvalues) -> Tuple[List[Path], List[float]]:
+    """DWI file paths (one path is a list of one) each given once, and b-values checked."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError("no DWI file given")
+    resolved = [p.resolve() for p in paths]
+    repeated = [p for p, r in zip(paths, resolved) if resolved.count(r) > 1]
+    if repeated:
+        raise InputError(f"DWI file {repeated[0]} is given more than once; give each b-value's own file")
+    if isinstance(bvalues, (str, bytes)):
+        raise InputError(f"b-values must be a list of numbers (s/mm^2), got {bvalues!r}")
+    return paths, check_bvalues(list(bvalues or ()), "b-values")
+
+
 def check_signal(array: np.ndarray, what: str) -> None:
-    """A DWI image must hold some signal: an all-NaN or all-zero image would be 'used' for nothing."""
-    finite = np.isfinite(array)
-    if not finite.any():
+    """A DWI image must hold some signal: an all-NaN or all-zero image would be 'used' for nothing.
+    Slice by slice, so a memory-mapped whole-body volume gets no whole-volume temporaries."""
+    any_finite = False
+    for plane in np.asarray(array).reshape((-1,) + np.shape(array)[-2:]):
+        finite = np.isfinite(plane)
+        if np.any(plane[finite] > 0):
+            return
+        any_finite = any_finite or bool(finite.any())
+    if not any_finite:
         raise InputError(f"{what} has no finite value (all NaN); it cannot enter the fit")
-    if not np.any(array[finite] > 0):
-        raise InputError(f"{what} has no positive signal; it cannot enter the fit")
+    raise InputError(f"{what} has no positive signal; it cannot enter the fit")
 
 
 ROLES = ("lesion", "reference", "disc", "muscle", "ignore")  # segment roles; mrml re-exports them
