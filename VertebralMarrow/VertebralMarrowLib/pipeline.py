@@ -130,14 +130,14 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
         volumes, bvalues, ijk_to_ras = series.volumes, series.bvalues, series.ijk_to_ras
         where = f"DWI DICOM {files.dwi_dicom}"
     bvalues = check_bvalues(bvalues, f"b-values of {where}")
-    for volume, b in zip(volumes, bvalues):
-        check_signal(volume, f"{where} (b = {b:g})")
     kept = select_bvalues(bvalues, bmin, bmax)
     used = [bvalues[i] for i in kept]
     adc = fit_adc_volume([volumes[i] for i in kept], used, method, progress)
     if not _any_finite(adc):
         raise InputError(f"the ADC fit gave no finite voxel (b = {', '.join(f'{b:g}' for b in used)} s/mm^2): "
                          "every voxel lacks positive signal at two b-values; is this DWI?")
+    for i in kept:  # a b-value image without signal must not be reported as used
+        check_signal(volumes[i], f"{where} (b = {bvalues[i]:g})")
     if out_path.name.lower().endswith((".nhdr", ".mhd")):  # header and data files: written in place
         write_map(out_path, adc, ijk_to_ras, compress=compress)
     else:
