@@ -18,6 +18,7 @@ from .core.adc import decide_adc_units, fit_adc_volume, group_shells, select_bva
 from .core.criteria import Options
 from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
+from .inputs.validate import check_study_nodes, check_unique_names
 from .mrml import (
     SegmentsOnGrid,
     array_of,
@@ -100,6 +101,9 @@ def analyze(
     cancelled: Optional[Callable[[], bool]] = None,
 ) -> AnalysisResult:
     """Analyse one study. `app` is the headless app (mrml.new_scene) or None inside Slicer."""
+    if options is not None and not isinstance(options, Options):
+        raise InputError(f"options must be VertebralMarrowLib Options, got {type(options).__name__}")
+    check_study_nodes(study)
     resolved = (options or Options()).resolved()
     warnings: List[str] = []
 
@@ -114,6 +118,7 @@ def analyze(
         raise InputError("the segmentation has no segments; draw lesion and normal-marrow ROIs first")
     ids = segment_ids(segmentation)
     names = {sid: segment_name(segmentation, sid) for sid in ids}
+    check_unique_names(list(names.values()), f"segmentation '{segmentation.GetName()}'")
     roles = _roles(segmentation, ids, names, study.roles, resolved.reference_segments)
     unknown = [name for name in list(study.roles) + list(study.spread) if name not in names.values()]
     if unknown:
@@ -262,6 +267,8 @@ def _check_coverage(on_grid, stats: Dict[str, dict], names, volume_label: str, m
             outside = on_grid.outside_fraction.get(sid, 0.0)
             if count == 0:
                 where = "lies entirely outside" if outside >= 1.0 else "covers no voxel of"
+                if stats.get(sid, {}).get("n_nonfinite"):
+                    where = "covers only voxels without a value (NaN, or 0 in a scanner map) in"
                 raise InputError(f"ROI '{names[sid]}' {where} {volume_label}; check the segment or the volume")
             if outside > 0.0:
                 warnings.append(f"ROI '{names[sid]}' lies {outside:.0%} outside {volume_label}; measured on the overlap")

@@ -492,6 +492,8 @@ def run_spine(labels_path, out_dir, adc=None, dwi: Sequence[Path] = (), bvalues:
     lesion_node = load_segmentation(scene, app, lesions) if lesions else None
     result = analyze_spine(scene, labels, adc=adc_node, dwi=dwi_nodes, bvalues=used_bvalues, t1=t1_node, fs=fs_node,
                            lesions=lesion_node, options=options, spine_options=spine_options, app=app, progress=progress)
+    if lesion_node is not None:  # placed at their levels already; the scene holds what spine-data/ holds
+        scene.RemoveNode(lesion_node)
     write_spine_outputs(result, out_dir)
     write_spine_scene(scene, result, out_dir, [node for node in (t1_node, fs_node) if node is not None])
     return result

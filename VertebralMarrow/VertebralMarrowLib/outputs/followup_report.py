@@ -54,7 +54,8 @@ def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Pa
     follow = criteria["followup"]
     document = {
         "disclaimer": DISCLAIMER + " The categories read the ADC only; MET-RADS-P also weighs the high-b signal and the morphology.",
-        "baseline": str(baseline_dir), "followup": str(followup_dir),
+        # Relative to this folder, so that the record holds when the folders move together.
+        "baseline": os.path.relpath(baseline_dir, out), "followup": os.path.relpath(followup_dir, out),
         "rows": rows,
         "criteria": {"reproducibility_pct": follow["reproducibility_pct"], "metradsp": follow["metradsp"],
                      "myrads": follow["myrads"], "marrow_max": criteria["spine"]["marrow_max"]},
