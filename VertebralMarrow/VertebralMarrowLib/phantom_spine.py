@@ -23,10 +23,11 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import DISCLAIMER
+from .core.adc import fit_adc_volume
 from .core.criteria import load_criteria
 from .mrml import new_scene, segmentation_from_labelmap, set_segment_role, volume_from_array, write_node
 from .phantom import (
-    BODY_HALF_HEIGHT_MM, BODY_SEMI_AXES_MM, DISC_HALF_HEIGHT_MM, LESIONS, LEVEL_PITCH_MM, LEVELS, ROI_MARGIN_MM,
+    BVALUES, ENTITY_DWI_S0, BODY_HALF_HEIGHT_MM, BODY_SEMI_AXES_MM, DISC_HALF_HEIGHT_MM, LESIONS, LEVEL_PITCH_MM, LEVELS, ROI_MARGIN_MM,
     Anatomy, Lesion, draw_lesion_adcs, exam_grids, level_centre_z, roi_labels, tissue_properties, voxel_centres_ras,
 )
 
@@ -124,14 +125,20 @@ def make_followup(out_dir, seed: int = 0, with_labels: bool = True) -> dict:
     app = new_scene()
     grids = exam_grids()
 
+    # Measured as the baseline was (phantom.make_phantom): DWI with Rician noise, the scanner's
+    # least-squares fit, stored as integers in 10^-6 mm^2/s; so a stable lesion reads the same.
     grid = grids["dwi"]
     ras = voxel_centres_ras(grid)
-    codes = anatomy.tissue_at(ras)
-    adc = properties[codes, 4]
-    adc[Anatomy.in_lesion(NEW_LESION, ras)] = new_adc
-    marrow = codes >= anatomy.code("marrow")
-    adc = np.where(marrow, adc + rng.normal(0.0, 0.03, adc.shape), adc)
-    scanner = np.where(codes > 0, np.round(np.clip(adc, 0.0, 4.0) * 1000.0), 0).astype(np.int16).reshape(grid.shape_kji)
+    codes = anatomy.tissue_at(ras).reshape(grid.shape_kji)
+    in_new = Anatomy.in_lesion(NEW_LESION, ras).reshape(grid.shape_kji)
+    s0 = np.where(in_new, ENTITY_DWI_S0[NEW_LESION.entity], properties[codes, 3])
+    adc_true = np.where(in_new, new_adc, properties[codes, 4])
+    adc_true = adc_true + np.where(codes >= anatomy.code("marrow"), rng.normal(0.0, 0.03, codes.shape), 0.0)
+    sigma = 5.0
+    dwi = [np.hypot(s0 * np.exp(-b * np.maximum(adc_true, 0.0) / 1000.0) + rng.normal(0.0, sigma, codes.shape),
+                    rng.normal(0.0, sigma, codes.shape)).astype(np.float32) for b in BVALUES]
+    fitted = fit_adc_volume(dwi, BVALUES, method="ols")
+    scanner = np.where(np.isfinite(fitted) & (s0 > 0), np.round(np.clip(fitted, 0.0, 4.0) * 1000.0), 0).astype(np.int16)
     node = volume_from_array(app.scene, scanner, grid.ijk_to_ras, "adc_scanner")
     write_node(app.scene, node, out / "adc_scanner.nrrd")
 

@@ -54,7 +54,9 @@ def lesion_response(baseline: float, followup: float, rules: ResponseRules) -> T
     """(RAC category, the rule that decided it) for a lesion seen at both time points."""
     change, pct = adc_change(baseline, followup)
     noise = rules.reproducibility_pct
-    if baseline <= rules.rac1_from_max and followup > rules.rac1_to_above:
+    # A crossing of a threshold counts only as a change beyond the reproducibility (Messiou 2011):
+    # 1.38 to 1.42 is measurement noise, not a response.
+    if baseline <= rules.rac1_from_max and followup > rules.rac1_to_above and pct > noise:
         return "RAC1", (f"ADC rose from {baseline:.3f} (<= {rules.rac1_from_max:g}) to {followup:.3f} (> {rules.rac1_to_above:g}) "
                         "x 10^-3 mm^2/s (MET-RADS-P RAC 1, Padhani 2017 Table 3)")
     if pct >= rules.rac1_increase_pct:
