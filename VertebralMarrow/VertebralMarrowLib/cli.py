@@ -68,7 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--disc", action="append", default=[], metavar="SEGMENT=destroyed|spared",
                          help="state of the adjacent disc (destroyed: pyogenic; spared: tuberculous)")
     analyze.add_argument("--cutoff", type=float, help="ADC cut-off, 10^-3 mm^2/s (default 1.21, Kaur 2020)")
-    analyze.add_argument("--band", type=float, help="indeterminate band around the cut-off, 10^-3 mm^2/s (default 0: off)")
+    analyze.add_argument("--band", type=float, help="indeterminate band around the cut-off, 10^-3 mm^2/s (default 0.2; 0: off)")
+    analyze.add_argument("--marrow-max", type=float,
+                         help="top of the normal-marrow ADC range, 10^-3 mm^2/s (default 0.55, Koutoulidis 2017; "
+                              "0.655 is Messiou 2011's; 0 turns the tier off)")
+    analyze.add_argument("--bone-island-hu", type=float, help="CT at or above this favours a bone island (default 885 HU, Ulano 2016)")
+    analyze.add_argument("--fat-t1-ratio", type=float,
+                         help="lesion T1 / normal marrow at or above this is fat-containing (default 1.2, project)")
+    analyze.add_argument("--fat-fraction-min", type=float,
+                         help="Dixon fat fraction (%%) at or above this is fat-containing (default 6.4, Schmeel 2018)")
+    analyze.add_argument("--chemical-shift-drop", type=float,
+                         help="opposed/in-phase ratio below this is a fat signal drop (default 0.80, Zajick 2005)")
+    analyze.add_argument("--adc-bvalues", help="b-values a scanner ADC map (--adc) was made from, e.g. 0,800 (recorded)")
     analyze.add_argument("--adc-units", choices=UNITS, default="auto", help="units of --adc (default: decided from the values)")
     analyze.add_argument("--low-below", type=float, help="signal ratio below which a ROI is 'low' (default 0.8)")
     analyze.add_argument("--high-above", type=float, help="signal ratio above which a ROI is 'high' (default 1.2)")
@@ -161,6 +172,7 @@ def _study_files(args):
 
 def _analyze(args, progress):
     from .core.criteria import Options
+    from .inputs.study import parse_bvalues
     from .pipeline import run_analysis
 
     options = Options(
@@ -168,6 +180,9 @@ def _analyze(args, progress):
         signal_high_above=args.high_above, min_voxels=args.min_voxels, ct_sclerotic_min_hu=args.ct_sclerotic_hu,
         criteria_path=args.criteria, adc_units=args.adc_units,
         fit_method=args.method, bmin=args.bmin, bmax=args.bmax, reference_segments=tuple(args.reference),
+        marrow_max=args.marrow_max, bone_island_min_hu=args.bone_island_hu, fat_t1_ratio_min=args.fat_t1_ratio,
+        fat_fraction_min_percent=args.fat_fraction_min, chemical_shift_drop_below=args.chemical_shift_drop,
+        adc_bvalues=parse_bvalues(args.adc_bvalues) if args.adc_bvalues else None,
     )
     return run_analysis(_study_files(args), options, args.out, progress)
 

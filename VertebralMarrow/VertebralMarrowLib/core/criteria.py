@@ -42,6 +42,11 @@ def load_criteria(path: Optional[Path] = None) -> dict:
         criteria = json.loads(_criteria_text(str(source)))
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read criteria file {source}: {exc}") from None
+    if source != CRITERIA_PATH:
+        # A file written before a section existed takes that section from the bundled file.
+        bundled = json.loads(_criteria_text(str(CRITERIA_PATH)))
+        for section, value in bundled.items():
+            criteria.setdefault(section, value)
     missing = [key for key in ENTITY_KEYS if key not in criteria.get("entities", {})]
     if missing:
         raise InputError(f"criteria file {source} lacks entities: {', '.join(missing)}")
@@ -66,6 +71,12 @@ class Options:
     signal_high_above: Optional[float] = None
     min_voxels: Optional[int] = None
     ct_sclerotic_min_hu: Optional[float] = None
+    marrow_max: Optional[float] = None          # normal-marrow range top; 0 turns the tier off
+    bone_island_min_hu: Optional[float] = None
+    fat_t1_ratio_min: Optional[float] = None
+    fat_fraction_min_percent: Optional[float] = None
+    chemical_shift_drop_below: Optional[float] = None
+    adc_bvalues: Optional[Sequence[float]] = None  # b-values a scanner ADC map was made from
     adc_units: str = "auto"
     fit_method: str = "iwls"
     bmin: Optional[float] = None
@@ -76,6 +87,8 @@ class Options:
     def resolved(self) -> "ResolvedOptions":
         """Overrides applied to the criteria file's defaults, checked for sense."""
         criteria = load_criteria(self.criteria_path)
+
+        tiers, signs = criteria["adc_tiers"], criteria["overriding_signs"]
 
         def pick(value, default):
             return default if value is None else value
@@ -88,6 +101,12 @@ class Options:
             signal_high_above=float(pick(self.signal_high_above, criteria["signal_ratio"]["high_above"])),
             min_voxels=int(pick(self.min_voxels, criteria["min_voxels"]["value"])),
             ct_sclerotic_min_hu=float(pick(self.ct_sclerotic_min_hu, criteria["ct"]["sclerotic_min_hu"])),
+            marrow_max=float(pick(self.marrow_max, tiers["marrow_max"]["value"])),
+            bone_island_min_hu=float(pick(self.bone_island_min_hu, signs["bone_island_min_hu"]["value"])),
+            fat_t1_ratio_min=float(pick(self.fat_t1_ratio_min, signs["fat_t1_ratio_min"]["value"])),
+            fat_fraction_min_percent=float(pick(self.fat_fraction_min_percent, signs["fat_fraction_min_percent"]["value"])),
+            chemical_shift_drop_below=float(pick(self.chemical_shift_drop_below, signs["chemical_shift_drop_below"]["value"])),
+            adc_bvalues=None if self.adc_bvalues is None else tuple(float(b) for b in self.adc_bvalues),
             adc_units=self.adc_units,
             fit_method=self.fit_method,
             bmin=self.bmin,
@@ -100,6 +119,9 @@ class Options:
 
 @dataclass
 class ResolvedOptions:
+    """Options with every default filled in. `marrow_max` 0 means the normal-marrow tier is off
+    (`marrow_max_or_none` gives what classes.classify_adc takes)."""
+
     criteria: dict
     adc_cutoff: float
     indeterminate_band: float
@@ -107,11 +129,21 @@ class ResolvedOptions:
     signal_high_above: float
     min_voxels: int
     ct_sclerotic_min_hu: float
+    marrow_max: float
+    bone_island_min_hu: float
+    fat_t1_ratio_min: float
+    fat_fraction_min_percent: float
+    chemical_shift_drop_below: float
+    adc_bvalues: Optional[tuple]
     adc_units: str
     fit_method: str
     bmin: Optional[float]
     bmax: Optional[float]
     reference_segments: tuple
+
+    @property
+    def marrow_max_or_none(self) -> Optional[float]:
+        return self.marrow_max if self.marrow_max > 0 else None
 
     def check(self) -> None:
         if not 0.0 < self.adc_cutoff < 5.0:
@@ -124,6 +156,15 @@ class ResolvedOptions:
             raise InputError(
                 f"signal thresholds must satisfy 0 < low ({self.signal_low_below}) <= 1 <= high ({self.signal_high_above})"
             )
+        if not 0 <= self.marrow_max < self.adc_cutoff - self.indeterminate_band:
+            raise InputError(
+                f"normal-marrow range top {self.marrow_max} must be >= 0 (0 turns it off) and below the "
+                f"indeterminate band ({self.adc_cutoff - self.indeterminate_band:g})"
+            )
+        if self.bone_island_min_hu <= self.ct_sclerotic_min_hu:
+            raise InputError(f"bone-island attenuation {self.bone_island_min_hu} HU must be above the sclerotic threshold {self.ct_sclerotic_min_hu} HU")
+        if self.adc_bvalues is not None and (len(self.adc_bvalues) < 2 or min(self.adc_bvalues) < 0):
+            raise InputError(f"ADC map b-values {list(self.adc_bvalues)}: give at least two b-values >= 0, e.g. 0,800")
         if self.min_voxels < 1:
             raise InputError(f"minimum voxel count must be at least 1, not {self.min_voxels}")
         if self.adc_units not in ("auto", "mm2/s", "1e-3", "1e-6"):

@@ -91,6 +91,15 @@ class LesionFindings:
     fat_fraction_percent: Optional[float] = None  # Dixon PDFF
     levels_involved: Optional[int] = None  # user-given: number of vertebral levels
     disc_involved: Optional[bool] = None  # user-given
+    # Filled by analysis.py from the tier reading (core/tiers.py); None when not measured.
+    adc_tier: Optional[str] = None  # marrow | malignant | indeterminate | benign
+    adc_restricted: Optional[float] = None  # 10^-3 mm^2/s, restricted component of a heterogeneous ROI
+    heterogeneous: Optional[bool] = None
+    fat_sign: Optional[str] = None  # the reason a lesion is fat-containing
+    t1_disc_ratio: Optional[float] = None  # lesion T1 / disc T1
+    t1_muscle_ratio: Optional[float] = None  # lesion T1 / muscle T1
+    no_dwi_signal_fraction: Optional[float] = None  # 0-1
+    bvalues: Optional[list] = None  # s/mm^2 the ADC came from; None: unknown
 
 
 @dataclass
