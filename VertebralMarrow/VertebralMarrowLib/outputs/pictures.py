@@ -23,7 +23,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..mrml import array_of, ijk_to_ras_of, segments_on_grid, volume_from_array
-from ..core.classes import CLASSES, OUTSIDE
+from ..core.classes import BY_KEY, CLASSES, OUTSIDE, class_text, classify_adc
 from .nodes import CLASS_COLORS
 
 VIEW_PIXELS = 440          # each slice view is drawn at this size and pasted 1:1 into the PNG
@@ -373,7 +373,7 @@ def snapshot_size(count: int, pixels: int = VIEW_PIXELS, columns: int = 2) -> Tu
 def _lesion_snapshot(views: List[View], images: List[str], row: dict, result, path: Path, plotting: bool) -> Picture:
     name = row["segment"]
     cutoff = result.options.adc_cutoff
-    class_text = _class_text(row["adc_class"], cutoff, result.options.indeterminate_band)
+    class_text = _row_class_text(row, result)
     adc_text = f"mean ADC {_num(row['adc_mean'])} ± {_num(row['adc_sd'])} ×10⁻³ mm²/s"
     shown = " and ".join(_image_words(image) for image in images)
     title = f"{name}: {class_text}"
@@ -496,10 +496,10 @@ def _lesion_list(axes, result) -> None:
             axes.add_patch(Rectangle((0.02, y - 0.018), 0.045, 0.036, facecolor=_rgb(value), edgecolor="#333333", linewidth=0.5))
         axes.text(0.09, y, _plain(_shorten(row["segment"], 26)), fontsize=10, va="center")
         axes.text(0.62, y, _num(row["adc_mean"]), fontsize=10, va="center", ha="right", fontweight="bold")
-        axes.text(0.67, y, row["adc_class"] + "-range" if value in (1, 3) else row["adc_class"], fontsize=9.5, va="center")
+        axes.text(0.67, y, BY_KEY[row["adc_class"]].label if row["adc_class"] in BY_KEY else row["adc_class"], fontsize=9.5, va="center")
     axes.text(0.02, 0.92 - len(lesions) * step - 0.02,
-              _plain(f"Class from the lesion's mean ADC against the cut-off {_num(result.options.adc_cutoff)}\n"
-                     "(Kaur 2020); the map colours each voxel by its own ADC."),
+              _plain(f"Class from the lesion's mean ADC in tiers about the cut-off {_num(result.options.adc_cutoff)}\n"
+                     "(Kaur 2020) after the fat, density and heterogeneity signs; see the report."),
               fontsize=8.5, color="#444444", va="top")
 
 
@@ -551,12 +551,16 @@ def _draw_legend(figure, width: int, height: int, result) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    cutoff = _num(result.options.adc_cutoff)
-    band = result.options.indeterminate_band
-    handles = [Patch(facecolor=_rgb(3), label=f"malignant-range voxel: ADC ≤ {cutoff}")]
+    options = result.options
+    marrow_max = options.marrow_max_or_none
+    cutoff, band = options.adc_cutoff, options.indeterminate_band
+    handles = []
+    if marrow_max:
+        handles.append(Patch(facecolor=_rgb(4), label=f"normal-marrow range: ≤ {_num(marrow_max)}"))
+    handles.append(Patch(facecolor=_rgb(3), label=f"malignant-range: ≤ {_num(cutoff - band)}"))
     if band > 0:
-        handles.append(Patch(facecolor=_rgb(2), label=f"indeterminate: {cutoff} ± {_num(band)}"))
-    handles.append(Patch(facecolor=_rgb(1), label=f"benign-range voxel: ADC > {cutoff}"))
+        handles.append(Patch(facecolor=_rgb(2), label=f"indeterminate: {_num(cutoff - band)}–{_num(cutoff + band)}"))
+    handles.append(Patch(facecolor=_rgb(1), label=f"benign-range: > {_num(cutoff + band)}"))
     handles += [
         Line2D([], [], color="#222222", linewidth=1.6, label="lesion ROI"),
         Line2D([], [], color=REFERENCE_COLOR, linewidth=1.6, linestyle="--", label="normal-marrow reference"),
@@ -611,7 +615,7 @@ def histogram_bins(values: np.ndarray, cutoff: float, width: float = 0.05) -> Tu
 
 
 def write_histogram(values: np.ndarray, row: dict, result, reference_adc: Optional[Tuple[str, float]], path: Path) -> Picture:
-    """The ADC of a lesion's voxels, bars coloured by the side of the cut-off they fall on."""
+    """The ADC of a lesion's voxels, bars coloured by the ADC tier of their centre."""
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -620,7 +624,7 @@ def write_histogram(values: np.ndarray, row: dict, result, reference_adc: Option
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     centres, counts = histogram_bins(values, cutoff)
-    colors = [_rgb(3 if c <= cutoff else 1) if band <= 0 or abs(c - cutoff) > band else _rgb(2) for c in centres]
+    colors = [_rgb(int(code)) for code in classify_adc(centres, cutoff, band, result.options.marrow_max_or_none)]
     axes.bar(centres, counts, width=0.05, color=colors, edgecolor="white", linewidth=0.5)
     axes.axvline(cutoff, color="#222222", linestyle="--", linewidth=1.4, label=f"cut-off {_num(cutoff)} (Kaur 2020)")
     if row["adc_mean"] is not None:
@@ -632,7 +636,7 @@ def write_histogram(values: np.ndarray, row: dict, result, reference_adc: Option
     axes.set_xlim(0.0, max(2.6, top + 0.2))
     axes.set_xlabel("ADC (×10⁻³ mm²/s)")
     axes.set_ylabel("voxels")
-    figure.suptitle(_plain(f"{row['segment']}: ADC of {values.size} voxels, {_class_text(row['adc_class'], cutoff, band)}"),
+    figure.suptitle(_plain(f"{row['segment']}: ADC of {values.size} voxels, {_row_class_text(row, result)}"),
                     fontsize=10.5, x=0.1, y=0.97, ha="left", va="top")
     axes.spines[["top", "right"]].set_visible(False)
     axes.legend(fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3,
@@ -692,7 +696,7 @@ def write_summary_plot(result, path: Path) -> Picture:
     figure.subplots_adjust(left=0.3, right=0.97, top=1.0 - 0.5 / height, bottom=1.25 / height)
     figure.suptitle("Mean ADC of every ROI against the published entity ranges", fontsize=12, x=0.01, y=1.0 - 0.12 / height,
                     ha="left", va="top")
-    figure.legend(handles=_summary_legend(cutoff, result.options.indeterminate_band), fontsize=8.5, frameon=False,
+    figure.legend(handles=_summary_legend(cutoff, result.options.indeterminate_band, result.options.marrow_max_or_none), fontsize=8.5, frameon=False,
                   loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=4)
     _save(figure, path)
     caption = (f"Mean ADC (± SD) of every ROI against the published entity ranges (criteria and citations below) "
@@ -704,7 +708,7 @@ def _entity_tint(entity: dict) -> str:
     return "#f4b6b6" if entity.get("malignant") else "#b9e4c4"
 
 
-def _summary_legend(cutoff: float, band: float) -> list:
+def _summary_legend(cutoff: float, band: float, marrow_max: Optional[float] = None) -> list:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -722,6 +726,8 @@ def _summary_legend(cutoff: float, band: float) -> list:
     ]
     if band > 0:
         handles.insert(5, point(_rgb(2), "lesion, indeterminate"))
+    if marrow_max:
+        handles.insert(3, point(_rgb(4), "lesion, normal-marrow range"))
     return handles
 
 
@@ -811,14 +817,9 @@ def _shorten(text: str, length: int) -> str:
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
-def _class_text(adc_class: str, cutoff: float, band: float) -> str:
-    if adc_class == "malignant":
-        return f"malignant-range (mean ADC ≤ {_num(cutoff)})"
-    if adc_class == "benign":
-        return f"benign-range (mean ADC > {_num(cutoff)})"
-    if adc_class == "indeterminate":
-        return f"indeterminate (mean ADC within {_num(cutoff)} ± {_num(band)})"
-    return adc_class
+def _row_class_text(row: dict, result) -> str:
+    options = result.options
+    return class_text(row["adc_class"], options.adc_cutoff, options.indeterminate_band, options.marrow_max_or_none)
 
 
 def _num(value, digits: int = 2) -> str:
