@@ -193,6 +193,12 @@ def analyze(
             detail["partial_volume"] = {k: v for k, v in partial[sid].items() if k not in ("flat_indices", "fractions")}
             row["n_voxels_adc"] = detail["n_voxels"]["adc"] = partial[sid]["voxel_centres"]
             row["volume_ml"] = partial[sid]["covered_voxels"] * voxel_volume_mm3(adc_node) / 1000.0
+            if "tier" in detail:
+                caution = (f"small ROI: measured on {partial[sid]['voxels_touched']} partly covered ADC voxels "
+                           f"({partial[sid]['covered_voxels']:.1f} voxels' worth); partial volume pulls its ADC toward "
+                           "the surrounding tissue's, so read its tier with care")
+                detail["tier"]["reasons"].append(caution)
+                detail["tier"]["text"] += " (small ROI, partial volume: read with care)"
         if sid in unmeasured:
             detail["unmeasured"] = unmeasured[sid]
             detail["tier"] = {"adc_class": "n/a", "deciding_sign": "no_adc", "text": f"not measured: {unmeasured[sid]}"}

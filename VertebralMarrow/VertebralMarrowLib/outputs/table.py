@@ -130,9 +130,9 @@ def bvalue_statement(result: AnalysisResult) -> dict:
         values, how = list(result.options.adc_bvalues), "scanner ADC map; b-values given by the user"
     else:
         values, how = None, "scanner ADC map; b-values unknown (give them with --adc-bvalues)"
-    words = ", ".join(f"{b:g}" for b in values) + " s/mm^2" if values else "unknown"
+    source = f"ADC from b = {', '.join(f'{b:g}' for b in values)} s/mm^2 ({how})" if values else how
     return {"values_s_per_mm2": values, "how": how,
-            "text": f"ADC from b = {words} ({how}); the cut-offs were derived at {derived['derived_at']}",
+            "text": f"{source}; the cut-offs were derived at {derived['derived_at']}",
             "cutoffs_derived_at": derived["derived_at"], "where": derived["where"]}
 
 
