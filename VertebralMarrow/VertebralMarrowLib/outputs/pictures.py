@@ -96,8 +96,10 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
         report(0.8, "ADC histograms")
         reference_adc = _reference_adc(result)
         for detail in lesions:
-            path = out / f"histogram_{names[detail['name']]}.png"
-            pictures.append(write_histogram(voxels.adc_values(detail["id"]), rows[detail["name"]], result, reference_adc, path))
+            values = voxels.adc_values(detail["id"])
+            if values.size:  # a ROI without ADC voxel centres (no DWI signal, a small focus) has no histogram
+                path = out / f"histogram_{names[detail['name']]}.png"
+                pictures.append(write_histogram(values, rows[detail["name"]], result, reference_adc, path))
         report(0.95, "summary plot")
         pictures.append(write_summary_plot(result, out / "summary_adc.png"))
     report(1.0, "pictures written")
@@ -106,12 +108,15 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
 
 def plot_nodes(scene, result) -> list:
     """Plot chart nodes in the scene, each with its series over a table node: one ADC
-    histogram per lesion and the summary of every ROI's mean ADC against the cut-off."""
+    histogram per lesion with ADC voxel values and the summary of every ROI's mean ADC against the cut-off."""
     voxels = RoiVoxels(result)
     charts = []
     for detail in (d for d in result.segments if d["role"] == "lesion"):
         row = next(r for r in result.rows if r["segment"] == detail["name"])
-        centres, counts = histogram_bins(voxels.adc_values(detail["id"]), result.options.adc_cutoff)
+        values = voxels.adc_values(detail["id"])
+        if not values.size:
+            continue
+        centres, counts = histogram_bins(values, result.options.adc_cutoff)
         table = _table(scene, f"VertebralMarrow ADC histogram table: {detail['name']}",
                        {"adc": centres, "voxels": counts.astype(float)})
         series = _series(scene, f"{detail['name']} ADC voxels", table, "adc", "voxels",
