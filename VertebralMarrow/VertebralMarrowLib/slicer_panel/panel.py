@@ -39,6 +39,7 @@ import vtk
 
 from .. import DISCLAIMER
 from ..analysis import AnalysisResult, StudyNodes
+from ..core.classes import BY_KEY
 from ..core.criteria import Options
 from ..core.differential import is_number, likelihood_text
 from ..errors import InputError
@@ -564,8 +565,8 @@ def _measurements(row: dict, cutoff) -> str:
     if is_number(mean):
         text = f"Mean ADC {mean:.2f} x 10^-3 mm^2/s"
         adc_class = row.get("adc_class")
-        if adc_class in ("malignant", "benign", "indeterminate") and is_number(cutoff):
-            text += f": {adc_class}-range (cut-off {cutoff:g})" if adc_class != "indeterminate" else f": indeterminate (cut-off {cutoff:g})"
+        if adc_class in BY_KEY and is_number(cutoff):
+            text += f": {BY_KEY[adc_class].label} (cut-off {cutoff:g})"
         words.append(text)
     if is_number(row.get("volume_ml")):
         words.append(f"{row['volume_ml']:.2f} mL, {row.get('n_voxels_adc', 0)} ADC voxels")
