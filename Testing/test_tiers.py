@@ -247,4 +247,21 @@ def test_a_normal_reference_draws_no_warning():
     assert not any("may itself be infiltrated" in w for w in result.warnings)
     rows = {row["segment"]: row for row in result.rows}
     assert rows["lesion"]["adc_class"] == "marrow"
-    assert (result.overlay[result.overlay > 0] == BY_KEY["marrow"].code).all()
+    inner = ball(ADC_GRID, ADC_SHAPE, (10.0, 10.0, 15.0), 4.0)  # voxel centres well inside the lesion ROI
+    assert inner.sum() >= 5 and (result.overlay[inner] == BY_KEY["marrow"].code).all()
+    # the 5-mm focus reads marrow ADC only through partial volume: indeterminate, never normal
+    assert rows["focus"]["adc_class"] == "indeterminate"
+    assert set(np.unique(result.overlay[result.overlay > 0])) == {2, 4}
+
+
+def test_a_partly_covered_focus_is_never_called_normal_marrow():
+    """Fatty marrow around a small focus pulls its measured ADC toward 0.36-0.42: a reading in
+    the normal-marrow range from partly covered voxels is at least indeterminate."""
+    values = np.array([0.40, 0.45, 0.52, 0.60])
+    reading = read_lesion(stats_of(values), DEFAULTS, partial_volume="small ROI: measured on 4 partly covered voxels")
+    assert reading.adc_tier == "marrow" and reading.adc_class == "indeterminate"
+    assert "partial volume" in reading.text and any("never called normal-marrow" in r for r in reading.reasons)
+    assert (paint_lesion(values, reading, 1.21, 0.2, 0.55) == INDETERMINATE).all()
+    # a malignant-range reading stays malignant; its voxels show the row's colour
+    malignant = read_lesion(stats_of(np.full(4, 0.8)), DEFAULTS, partial_volume="small ROI")
+    assert malignant.adc_class == "malignant" and (paint_lesion(np.full(4, 0.8), malignant, 1.21, 0.2, 0.55) == MALIGNANT).all()

@@ -188,17 +188,12 @@ def analyze(
         row, detail = _segment_result(
             sid, names[sid], roles[sid], adc_stats.get(sid, {}), adc_node, signal_means, reference_mean, spread, resolved,
             no_signal_fraction.get(sid, 0.0), list(bvalues_used or resolved.adc_bvalues or []) or None,
+            _partial_words(partial.get(sid)),
         )
         if sid in partial:
             detail["partial_volume"] = {k: v for k, v in partial[sid].items() if k not in ("flat_indices", "fractions")}
             row["n_voxels_adc"] = detail["n_voxels"]["adc"] = partial[sid]["voxel_centres"]
             row["volume_ml"] = partial[sid]["covered_voxels"] * voxel_volume_mm3(adc_node) / 1000.0
-            if "tier" in detail:
-                caution = (f"small ROI: measured on {partial[sid]['voxels_touched']} partly covered ADC voxels "
-                           f"({partial[sid]['covered_voxels']:.1f} voxels' worth); partial volume pulls its ADC toward "
-                           "the surrounding tissue's, so read its tier with care")
-                detail["tier"]["reasons"].append(caution)
-                detail["tier"]["text"] += " (small ROI, partial volume: read with care)"
         if sid in unmeasured:
             detail["unmeasured"] = unmeasured[sid]
             detail["tier"] = {"adc_class": "n/a", "deciding_sign": "no_adc", "text": f"not measured: {unmeasured[sid]}"}
@@ -373,6 +368,13 @@ def _measure_small_rois(scene, app, segmentation, adc_node, adc_map, adc_stats, 
     return partial
 
 
+def _partial_words(partial: Optional[dict]) -> Optional[str]:
+    if not partial:
+        return None
+    return (f"small ROI: measured on {partial['voxels_touched']} partly covered ADC voxels "
+            f"({partial['covered_voxels']:.1f} voxels' worth; {partial['voxel_centres']} voxel centres)")
+
+
 def _check_reference(rows: List[dict], details: List[dict], options: ResolvedOptions, warnings: List[str]) -> None:
     """The normal-marrow reference is itself checked (criteria reference_check): an ADC above
     the normal-marrow range or T1 not above the disc means it may be infiltrated."""
@@ -409,7 +411,8 @@ def _ratio(value: Optional[float], reference: Optional[float]) -> Optional[float
 
 
 def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean, spread, options: ResolvedOptions,
-                    no_signal_fraction: float = 0.0, bvalues: Optional[List[float]] = None):
+                    no_signal_fraction: float = 0.0, bvalues: Optional[List[float]] = None,
+                    partial_volume: Optional[str] = None):
     mean_adc = adc.get("mean")
     if mean_adc is not None and mean_adc < 0:
         raise InputError(f"ROI '{name}' has a negative mean ADC ({mean_adc:.3g} x 10^-3 mm^2/s); check the ADC map and --adc-units")
@@ -453,7 +456,8 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
         fat_percent = _fat_percent(signal_means.get("fat_fraction", {}).get(sid, (None, 0))[0])
         reading = read_lesion(adc, options, t1_ratio=ratios["t1"], t1_signal=_known(signals["t1"]),
                               t2_signal=_known(signals["t2"]), ct_mean_hu=ct_mean, fat_fraction_percent=fat_percent,
-                              chemical_shift_ratio=chemical_shift, no_dwi_signal_fraction=no_signal_fraction)
+                              chemical_shift_ratio=chemical_shift, no_dwi_signal_fraction=no_signal_fraction,
+                              partial_volume=partial_volume)
         adc_class, restricted = reading.adc_class, reading.adc_restricted
         detail["tier"] = reading.as_dict()
         detail["reading"] = reading

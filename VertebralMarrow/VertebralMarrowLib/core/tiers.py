@@ -15,6 +15,9 @@ Order (clinical-reference.md, "ADC tiers, overriding signs, and what a radiologi
    (mean of the voxels at or below the cut-off) reported.
    A lesion whose mean is in the normal-marrow range is painted in that colour on every voxel:
    the tiers are defined on the mean, and one noisy voxel never makes such a lesion red.
+4. Size: a small ROI measured on the voxels it partly covers mixes in its surroundings (fatty
+   marrow pulls any lesion toward the normal-marrow range), so it is never called normal-marrow
+   on that measurement: at least indeterminate, and its voxels all show the row's class.
 
 Every decision carries its reason; `voxel_rule` tells the overlay how to paint the ROI.
 ADC values are in 10^-3 mm^2/s.
@@ -36,6 +39,7 @@ VOXEL_BY_ADC = "adc"                # each voxel by its own ADC
 VOXEL_ALL_MARROW = "marrow"         # every voxel with a value: normal-marrow colour
 VOXEL_ALL_BENIGN = "benign"         # every voxel with a value: benign colour (bone island)
 VOXEL_NOT_MALIGNANT = "not_malignant"  # by ADC, malignant and indeterminate voxels benign (fat)
+VOXEL_ALL_CLASS = "class"           # every voxel with a value: the row's class (a partly covered small ROI)
 
 
 @dataclass
@@ -104,9 +108,26 @@ def is_heterogeneous(p10: Optional[float], p90: Optional[float], cutoff: float, 
 def read_lesion(adc: dict, options, t1_ratio: Optional[float] = None, t1_signal: Optional[str] = None,
                 t2_signal: Optional[str] = None, ct_mean_hu: Optional[float] = None,
                 fat_fraction_percent: Optional[float] = None, chemical_shift_ratio: Optional[float] = None,
-                no_dwi_signal_fraction: float = 0.0) -> LesionReading:
+                no_dwi_signal_fraction: float = 0.0, partial_volume: Optional[str] = None) -> LesionReading:
     """Read one lesion ROI. `adc` holds its ADC statistics (stats.roi_statistics keys, plus
-    `restricted_mean`); `options` a criteria.ResolvedOptions."""
+    `restricted_mean`); `options` a criteria.ResolvedOptions; `partial_volume` says how a small
+    ROI was measured on the voxels it partly covers (None: on voxel centres)."""
+    reading = _read(adc, options, t1_ratio, t1_signal, t2_signal, ct_mean_hu, fat_fraction_percent,
+                    chemical_shift_ratio, no_dwi_signal_fraction)
+    if partial_volume and reading.adc_class != "n/a":
+        reading.reasons.append(f"{partial_volume}; partial volume pulls its ADC toward the surrounding tissue's")
+        reading.text += " (small ROI, partial volume: read with care)"
+        if reading.adc_class == MARROW.key and reading.deciding_sign != "fat":
+            reading.reasons.append("a partly covered focus is never called normal-marrow on that measurement: "
+                                   "at least indeterminate")
+            reading.adc_class = INDETERMINATE.key
+        if reading.voxel_rule in (VOXEL_BY_ADC, VOXEL_ALL_MARROW):
+            reading.voxel_rule = VOXEL_ALL_CLASS
+    return reading
+
+
+def _read(adc: dict, options, t1_ratio, t1_signal, t2_signal, ct_mean_hu, fat_fraction_percent,
+          chemical_shift_ratio, no_dwi_signal_fraction) -> LesionReading:
     cutoff, band, marrow_max = options.adc_cutoff, options.indeterminate_band, options.marrow_max_or_none
     mean = adc.get("mean")
     tier = class_key(mean, cutoff, band, marrow_max) if mean is not None else None
@@ -170,4 +191,6 @@ def paint_lesion(adc_values: np.ndarray, reading: LesionReading, cutoff: float, 
         codes[has_value] = BENIGN.code
     elif reading.voxel_rule == VOXEL_NOT_MALIGNANT:
         codes[(codes == MALIGNANT.code) | (codes == INDETERMINATE.code)] = BENIGN.code
+    elif reading.voxel_rule == VOXEL_ALL_CLASS and reading.adc_class in BY_KEY:
+        codes[has_value] = BY_KEY[reading.adc_class].code
     return codes
