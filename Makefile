@@ -1,25 +1,41 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Python 3.10 or newer (3.11 or 3.12 as Slicer 5.10+ bundles); choose one with PYTHON=python3.12.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+# A venv is rebuilt when it was made by another Python; each stamp is written only on success.
+MADE := $(VENV)/.made-by-python$(PYVER)
+RUNTIME := $(VENV)/.runtime-installed
+TESTING := $(VENV)/.test-installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+$(MADE):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "error: VertebralMarrow needs Python 3.10 or newer, not %s; run e.g.: make PYTHON=python3.12 demo" % sys.version.split()[0])'
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	touch $@
 
-demo: $(STAMP)
+$(RUNTIME): $(MADE) pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(TESTING): $(RUNTIME)
+	$(PIP) -e '.[test]'
+	touch $@
+
+demo: $(RUNTIME)
 	$(BIN)/vertebral-marrow demo --out demo-output
 	@echo "Open demo-output/report.html in a browser; load demo-output/VertebralMarrow.mrml in Slicer."
+	@echo "To use the vertebral-marrow command yourself: . .venv/bin/activate"
 
-test: $(STAMP)
-	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -q
+test: $(TESTING)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(RUNTIME)
 	$(BIN)/python bench/bench_adc.py
 	$(BIN)/python bench/bench_stats.py
 

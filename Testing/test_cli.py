@@ -14,12 +14,12 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import run_cli_in_process
 
 BIN = Path(sys.executable).parent
 ENTRY_POINT = BIN / "vertebral-marrow"
@@ -234,15 +234,21 @@ def bad_cases(folder: Path, truth: dict, scratch: Path):
 
 @pytest.fixture(scope="module")
 def bad_runs(phantom, tmp_path_factory):
-    """Every bad-input run, two at a time (each is a fresh interpreter)."""
+    """Every bad-input run, in this process through cli.main (fd-level output captured)."""
     folder, truth, hashes = phantom
     scratch = tmp_path_factory.mktemp("bad")
     cases = bad_cases(folder, truth, scratch)
-    names = list(cases)
-    commands = [None if n % 2 == 0 else PYTHON_M for n in range(len(names))]  # both front doors
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = list(pool.map(lambda nc: run(["-q", *cases[nc[0]][0]], command=nc[1]), zip(names, commands)))
-    return {name: (result, cases[name][1]) for name, result in zip(names, done)}, scratch, folder, hashes
+    done = {name: run_cli_in_process(["-q", *args]) for name, (args, _) in cases.items()}
+    return {name: (done[name], cases[name][1]) for name in cases}, scratch, folder, hashes
+
+
+@pytest.mark.parametrize("command", [None, PYTHON_M], ids=["entry point", "python -m"])
+def test_bad_input_smoke_through_each_front_door(phantom, tmp_path, command):
+    """One real process per front door: the error line, the exit status, no traceback."""
+    folder, truth, _ = phantom
+    result = run(["analyze", "--seg", folder / truth["files"]["seg"], "--adc", tmp_path / "missing.nrrd",
+                  "--out", tmp_path / "never"], command=command)
+    check_one_error_line(result, "not found", tmp_path / "never")
 
 
 BAD_CASE_NAMES = [

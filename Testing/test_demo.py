@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 import slicer
 from VertebralMarrowLib.cli import main
+from VertebralMarrowLib.core.criteria import ENTITY_KEYS
 from VertebralMarrowLib.mrml import new_scene
 from VertebralMarrowLib.outputs.table import COLUMN_NAMES
 
@@ -18,14 +19,6 @@ INTERFACE_COLUMNS = (
     "fraction_at_or_below_cutoff, adc_class, t1_ratio, t2_ratio, fs_ratio, t1_signal, t2_signal, "
     "fs_signal, ct_mean_hu, differential, adc_restricted"
 ).split(", ")
-# Pairs the reference says these inputs cannot separate: either may rank first.
-INSEPARABLE = {
-    "pyogenic_spondylitis": "tuberculous_spondylitis",
-    "tuberculous_spondylitis": "pyogenic_spondylitis",
-    "myeloma_leukemia": "red_marrow_reconversion",
-    "red_marrow_reconversion": "myeloma_leukemia",
-}
-
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
@@ -58,17 +51,22 @@ def test_every_lesion_is_classified_as_the_ground_truth_says(demo):
                 assert float(row["adc_mean"]) == pytest.approx(expected["adc_mean"], rel=0.06, abs=0.03), name
 
 
-def test_each_lesion_ranks_its_own_entity_first_or_its_inseparable_twin(demo):
-    _, truth, rows = demo
+def test_each_lesion_has_its_own_entity_among_the_favoured(demo):
+    """The published ADC ranges overlap (focal myeloma 1.046 +/- 0.232, Koutoulidis 2017, against
+    infection 1.30-1.47): a lesion's own entity must be favoured, not necessarily first."""
+    out, truth, rows = demo
+    segments = json.loads((out / "results.json").read_text())["segments"]
     for row in rows:
         expected = truth["segments"][row["segment"]]
-        if expected["role"] != "lesion" or not expected["classic"]:
-            continue  # the sign cases and the ADC-overlap cases are the differential's own tests
+        if expected["role"] != "lesion":
+            continue
         ranked = row["differential"].split(";")
-        assert len(ranked) >= 8
-        allowed = {expected["entity"], INSEPARABLE.get(expected["entity"])}
-        assert ranked[0] in allowed, (row["segment"], ranked[:3])
-        assert expected["entity"] in ranked[:2], (row["segment"], ranked[:3])
+        assert sorted(ranked) == sorted(ENTITY_KEYS)
+        if expected.get("partial_volume"):
+            continue  # the 5-mm focus is measured through partial volume: no entity can be favoured
+        words = {c["entity"]: c["likelihood"] for c in segments[row["segment"]]["differential"]}
+        assert words[ranked[0]] == "favoured", row["segment"]
+        assert words[expected["entity"]] == "favoured", (row["segment"], ranked[:4])
 
 
 def test_signal_words_follow_the_entity_pattern(demo):

@@ -49,7 +49,7 @@ from VertebralMarrowLib import DISCLAIMER
 from VertebralMarrowLib.outputs import nodes as outputs
 from VertebralMarrowLib.slicer_panel import panel
 from VertebralMarrowLib.analysis import analyze
-from VertebralMarrowLib.core.criteria import Options, load_criteria
+from VertebralMarrowLib.core.criteria import ENTITY_KEYS, Options, load_criteria
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.mrml import (
     array_of,
@@ -1253,9 +1253,11 @@ def test_differential_html(app):
     text = panel.differential_html(document, "L4 <lesion> & co")
     assert "<h3>L4 &lt;lesion&gt; &amp; co</h3>" in text
     assert DISCLAIMER in text
-    labels = [candidate["label"] for candidate in document["segments"]["L4 <lesion> & co"]["differential"]]
+    candidates = document["segments"]["L4 <lesion> & co"]["differential"]
+    labels = [candidate["label"] for candidate in candidates]
     positions = [text.index(f"<b>{label}</b>") for label in labels]
-    assert positions == sorted(positions) and len(labels) == 8
+    assert positions == sorted(positions) and sorted(c["entity"] for c in candidates) == sorted(ENTITY_KEYS)
+    assert "(favoured)" in text and "%" not in text, "words, never a percentage"
     assert "benign-range (cut-off 1.21)" in text and "for: " in text and "against: " in text
     reference = panel.differential_html(document, "L3 normal")
     assert "no differential" in reference and DISCLAIMER in reference

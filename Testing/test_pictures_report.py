@@ -10,8 +10,10 @@ One lesion is renamed to a name with markup, to check escaping all the way into 
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,17 +25,27 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-
 from VertebralMarrowLib import DISCLAIMER
 from VertebralMarrowLib.analysis import analyze
 from VertebralMarrowLib.core.criteria import Options
-from VertebralMarrowLib.mrml import load_segmentation, new_scene, segment_ids, segment_name, write_node
-from VertebralMarrowLib.outputs.nodes import class_color_node, overlay_node
-from VertebralMarrowLib.phantom import make_phantom
-from VertebralMarrowLib.outputs.pictures import VIEW_PIXELS, SliceRenderer, plot_nodes, roi_outlines, view_boxes
-from VertebralMarrowLib.pipeline import run_analysis
-from VertebralMarrowLib.outputs.report import write_report
 from VertebralMarrowLib.inputs.study import StudyFiles, load_study
+from VertebralMarrowLib.mrml import (
+    load_segmentation,
+    new_scene,
+    segment_ids,
+    segment_name,
+    write_node,
+)
+from VertebralMarrowLib.outputs.nodes import class_color_node, overlay_node
+from VertebralMarrowLib.outputs.pictures import (
+    VIEW_PIXELS,
+    SliceRenderer,
+    plot_nodes,
+    roi_outlines,
+    view_boxes,
+)
+from VertebralMarrowLib.outputs.report import write_report
+from VertebralMarrowLib.pipeline import run_analysis
 
 LIB = Path(__file__).resolve().parents[1] / "VertebralMarrow" / "VertebralMarrowLib"
 MARKUP_NAME = 'L5 <script>alert("x")</script> & co'
@@ -61,10 +73,9 @@ def _study_files(folder: Path, truth: dict) -> StudyFiles:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, phantom_copy):
     root = tmp_path_factory.mktemp("pictures_report")
-    study = root / "study"
-    truth = make_phantom(study, seed=5)
+    study, truth = phantom_copy(5)
     _rename_segment(study / truth["files"]["seg"], RENAMED, MARKUP_NAME)
     truth["segments"][MARKUP_NAME] = truth["segments"].pop(RENAMED)
     out = root / "out"
@@ -381,6 +392,33 @@ def test_report_shows_the_differential_with_reasons(run):
             assert candidate["label"] in text
             for reason in candidate["fits"] + candidate["contradicts"]:
                 assert reason in text
+
+
+def test_report_opens_with_the_summary_and_warnings_in_readable_words(run):
+    """The summary, then the warnings, before the details; column names and entities in words."""
+    page = run.page
+    assert page.find('id="glance"') < page.find('id="warnings"') < page.find('id="study"') < page.find('id="results"')
+    document = json.loads((run.out / "results.json").read_text(encoding="utf-8"))
+    results_table = page[page.find('id="results"'):page.find('id="lesions"')]
+    assert ">Mean ADC<" in results_table and ">adc_mean<" not in results_table
+    for row in _lesions(run.result):
+        top = row["differential"].split(";")[0]
+        label = document["criteria"]["entities"][top]["label"]
+        assert label in results_table
+        assert f">{top}<" not in results_table and f">{top}<br>" not in results_table
+
+
+def test_single_file_report_embeds_its_pictures(run, tmp_path):
+    from VertebralMarrowLib.outputs.pictures import Picture
+
+    document = json.loads((run.out / "results.json").read_text(encoding="utf-8"))
+    pictures = [Picture(path=path, kind="snapshot", segment="", caption=path.name) for path in sorted(run.out.glob("*.png"))[:2]]
+    page = write_report(tmp_path / "alone" / "report.html", document, pictures, single_file=True).read_text(encoding="utf-8")
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(pictures) >= 1
+    for source, picture in zip(sources, pictures):
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1]) == picture.path.read_bytes()
 
 
 def test_write_report_escapes_every_data_string(tmp_path):

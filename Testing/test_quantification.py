@@ -31,7 +31,6 @@ from VertebralMarrowLib import mrml
 from VertebralMarrowLib.analysis import StudyNodes, analyze
 from VertebralMarrowLib.core.criteria import Options
 from VertebralMarrowLib.errors import InputError
-from VertebralMarrowLib.phantom import make_phantom
 from VertebralMarrowLib.inputs.study import StudyFiles, load_dwi, load_study
 
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (its own inverse)
@@ -168,7 +167,7 @@ def study_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("study")
     seg_labels = sphere_labels(SEG_GRID)
     SEG_GRID.write(folder / "rois.nrrd", seg_labels)
-    names = {name.replace(" ", "_"): value for name, value in LABELS.items()}
+    names = dict(LABELS)  # Slicer reads an underscore in a colour-table name as a space
     write_ctbl(folder / "rois.ctbl", LABELS)
     adc = adc_truth(*ADC_GRID.centres())
     ADC_GRID.write(folder / "adc_int_1e-6.nrrd", np.round(adc * 1000.0).astype(np.int16))
@@ -279,7 +278,7 @@ def test_overlay_classes_voxels_of_lesion_rois_only(study_dir, band):
     reference = sitk.ReadImage(str(folder / "adc_float_1e-3.nrrd"))
     labels = nn_resample(sitk.ReadImage(str(folder / "rois.nrrd")), reference)
     adc = sitk.GetArrayFromImage(reference).astype(np.float64)
-    lesion = (labels == names["lesion_A"]) | (labels == names["lesion_B"])
+    lesion = (labels == names["lesion A"]) | (labels == names["lesion B"])
     expected = np.zeros(adc.shape, np.uint8)
     expected[lesion & (adc <= 1.21)] = 3
     expected[lesion & (adc > 1.21)] = 1
@@ -289,7 +288,7 @@ def test_overlay_classes_voxels_of_lesion_rois_only(study_dir, band):
     # the ramp crosses the cut-off inside lesion A: both sides occur
     assert ({2, 3} if band else {1, 3}) <= set(np.unique(expected[lesion]))
     np.testing.assert_array_equal(result.overlay, expected)
-    assert not result.overlay[labels == names["L3_normal"]].any()
+    assert not result.overlay[labels == names["L3 normal"]].any()
 
 
 def test_absurd_adc_after_units_is_an_error_naming_units(study_dir):
@@ -509,22 +508,22 @@ def test_signal_ratios_words_and_ct_against_known_intensities(study_dir, signal_
     study = signal_study(app, study_dir, signal_dir)
     result = analyze(app.scene, study, Options(), app=app)
     rows = rows_by_name(result)
-    assert rows["L3_normal"]["role"] == "reference"
+    assert rows["L3 normal"]["role"] == "reference"
     for name, per_key in SIGNAL_RATIOS.items():
-        row = rows[name.replace(" ", "_")]
+        row = rows[name]
         assert row["role"] == "lesion"
         for key, (ratio, word) in per_key.items():
             assert row[f"{key}_ratio"] == pytest.approx(ratio, rel=0.01), (name, key)
             assert row[f"{key}_signal"] == word, (name, key)
     for name, hu in CT_HU.items():
-        assert rows[name.replace(" ", "_")]["ct_mean_hu"] == pytest.approx(hu, abs=2.0)
+        assert rows[name]["ct_mean_hu"] == pytest.approx(hu, abs=2.0)
     for key in SIGNAL_GRIDS:
-        assert rows["L3_normal"][f"{key}_ratio"] == pytest.approx(1.0, rel=0.01)
+        assert rows["L3 normal"][f"{key}_ratio"] == pytest.approx(1.0, rel=0.01)
     assert not any("no reference ROI" in w for w in result.warnings)
     # the reference sits where the analytic ramp gives 1.1 + 0.012 x 12 + 0.008 x 12 + 0.005 x 14 = 1.41,
     # far above normal marrow (Koutoulidis 2017: <= 0.548): it is questioned
-    assert rows["L3_normal"]["adc_mean"] == pytest.approx(1.41, abs=0.05)
-    assert any("reference ROI 'L3_normal' may itself be infiltrated" in w and "diffuse infiltration" in w
+    assert rows["L3 normal"]["adc_mean"] == pytest.approx(1.41, abs=0.05)
+    assert any("reference ROI 'L3 normal' may itself be infiltrated" in w and "diffuse infiltration" in w
                for w in result.warnings)
 
 
@@ -546,15 +545,15 @@ def test_signal_voxel_counts_are_counted_on_each_volumes_own_grid(study_dir, sig
 def test_reference_given_by_option(study_dir, signal_dir):
     app = mrml.new_scene()
     study = signal_study(app, study_dir, signal_dir)
-    result = analyze(app.scene, study, Options(reference_segments=("lesion_B",)), app=app)
+    result = analyze(app.scene, study, Options(reference_segments=("lesion B",)), app=app)
     rows = rows_by_name(result)
-    assert rows["lesion_B"]["role"] == "reference"
-    assert rows["lesion_B"]["adc_class"] == "reference"
+    assert rows["lesion B"]["role"] == "reference"
+    assert rows["lesion B"]["adc_class"] == "reference"
     for key in SIGNAL_GRIDS:
         b = SIGNAL_RATIOS["lesion B"][key][0]
-        assert rows["lesion_B"][f"{key}_ratio"] == pytest.approx(1.0, rel=0.01)
-        assert rows["lesion_A"][f"{key}_ratio"] == pytest.approx(SIGNAL_RATIOS["lesion A"][key][0] / b, rel=0.01)
-        assert rows["L3_normal"][f"{key}_ratio"] == pytest.approx(1.0 / b, rel=0.01)
+        assert rows["lesion B"][f"{key}_ratio"] == pytest.approx(1.0, rel=0.01)
+        assert rows["lesion A"][f"{key}_ratio"] == pytest.approx(SIGNAL_RATIOS["lesion A"][key][0] / b, rel=0.01)
+        assert rows["L3 normal"][f"{key}_ratio"] == pytest.approx(1.0 / b, rel=0.01)
 
 
 def test_several_references_are_pooled_voxel_weighted(study_dir, signal_dir):
@@ -563,16 +562,16 @@ def test_several_references_are_pooled_voxel_weighted(study_dir, signal_dir):
     folder, names = study_dir
     app = mrml.new_scene()
     study = signal_study(app, study_dir, signal_dir)
-    result = analyze(app.scene, study, Options(reference_segments=("lesion_B", "L3_normal")), app=app)
+    result = analyze(app.scene, study, Options(reference_segments=("lesion B", "L3 normal")), app=app)
     rows = rows_by_name(result)
     label_image = sitk.ReadImage(str(folder / "rois.nrrd"))
     for key in SIGNAL_GRIDS:
         labels = nn_resample(label_image, sitk.ReadImage(str(signal_dir / f"{key}.nrrd")))
-        n_b, n_n = int((labels == names["lesion_B"]).sum()), int((labels == names["L3_normal"]).sum())
+        n_b, n_n = int((labels == names["lesion B"]).sum()), int((labels == names["L3 normal"]).sum())
         b, a = SIGNAL_RATIOS["lesion B"][key][0], SIGNAL_RATIOS["lesion A"][key][0]
         pooled = (n_b * b + n_n * 1.0) / (n_b + n_n)
-        assert rows["lesion_A"][f"{key}_ratio"] == pytest.approx(a / pooled, rel=0.01), key
-        assert rows["lesion_B"]["role"] == rows["L3_normal"]["role"] == "reference"
+        assert rows["lesion A"][f"{key}_ratio"] == pytest.approx(a / pooled, rel=0.01), key
+        assert rows["lesion B"]["role"] == rows["L3 normal"]["role"] == "reference"
 
 
 def test_unknown_reference_is_an_error_naming_the_segments(study_dir, signal_dir):
@@ -582,7 +581,7 @@ def test_unknown_reference_is_an_error_naming_the_segments(study_dir, signal_dir
         analyze(app.scene, study, Options(reference_segments=("L4 normal",)), app=app)
     message = str(error.value)
     assert "L4 normal" in message
-    for name in ("lesion_A", "lesion_B", "L3_normal"):
+    for name in ("lesion A", "lesion B", "L3 normal"):
         assert name in message
 
 
@@ -630,13 +629,13 @@ def test_roi_half_outside_the_map_is_measured_on_the_overlap_with_a_warning(stud
     full_labels = nn_resample(sitk.ReadImage(str(folder / "rois.nrrd")), ADC_GRID.sitk_image(np.zeros(ADC_GRID.shape_kji, np.float32)))
     result, labels = analyze_on_grid(folder, half, tmp_path)
     rows = rows_by_name(result)
-    count = int((labels == names["lesion_B"]).sum())
-    full = int((full_labels == names["lesion_B"]).sum())
+    count = int((labels == names["lesion B"]).sum())
+    full = int((full_labels == names["lesion B"]).sum())
     assert 0.3 * full < count < 0.75 * full
-    assert rows["lesion_B"]["n_voxels_adc"] == count
+    assert rows["lesion B"]["n_voxels_adc"] == count
     truth = adc_truth(*half.centres())
-    assert rows["lesion_B"]["adc_mean"] == pytest.approx(truth[labels == names["lesion_B"]].mean(), rel=1e-5)
-    outside = [w for w in result.warnings if "outside" in w and "lesion_B" in w]
+    assert rows["lesion B"]["adc_mean"] == pytest.approx(truth[labels == names["lesion B"]].mean(), rel=1e-5)
+    outside = [w for w in result.warnings if "outside" in w and "lesion B" in w]
     assert len(outside) == 1
 
 
@@ -646,9 +645,9 @@ def test_roi_entirely_outside_the_map_is_a_row_with_its_reason(study_dir, tmp_pa
     small = Grid(ADC_GRID.axes, ADC_GRID.spacing, SPHERES["lesion A"][0], (12, 14, 6))
     result, labels = analyze_on_grid(folder, small, tmp_path)
     rows = rows_by_name(result)
-    assert rows["lesion_A"]["adc_mean"] is not None and rows["lesion_A"]["n_voxels_adc"] > 0
-    assert rows["lesion_B"]["adc_class"] == "n/a" and rows["lesion_B"]["adc_mean"] is None
-    reason = next(d for d in result.segments if d["name"] == "lesion_B")["unmeasured"]
+    assert rows["lesion A"]["adc_mean"] is not None and rows["lesion A"]["n_voxels_adc"] > 0
+    assert rows["lesion B"]["adc_class"] == "n/a" and rows["lesion B"]["adc_mean"] is None
+    reason = next(d for d in result.segments if d["name"] == "lesion B")["unmeasured"]
     assert "lies entirely outside the ADC map" in reason
 
 
@@ -668,10 +667,10 @@ def test_few_voxels_warn(tmp_path):
     count = int((on_adc == 2).sum())
     assert 1 <= count < 10  # the fixture does what it says
     rows = rows_by_name(result)
-    assert rows["tiny_lesion"]["n_voxels_adc"] == count
-    few = [w for w in result.warnings if "tiny_lesion" in w and "too few" in w]
+    assert rows["tiny lesion"]["n_voxels_adc"] == count
+    few = [w for w in result.warnings if "tiny lesion" in w and "too few" in w]
     assert len(few) == 1
-    assert not any("lesion_A" in w and "too few" in w for w in result.warnings)
+    assert not any("lesion A" in w and "too few" in w for w in result.warnings)
 
 
 # --- a parent transform on the volume ---------------------------------------------------
@@ -750,10 +749,10 @@ def test_transform_that_moves_a_roi_half_off_the_map_warns_outside(study_dir, tm
     result = analyze(app.scene, StudyNodes(segmentation=segmentation, adc=adc_node), Options(), app=app)
     labels = nn_resample(sitk.ReadImage(str(folder / "rois.nrrd")), ADC_GRID.sitk_image(values, translation=shift))
     rows = rows_by_name(result)
-    assert rows["lesion_B"]["n_voxels_adc"] == int((labels == names["lesion_B"]).sum())
-    warning = [w for w in result.warnings if "lesion_B" in w and "outside" in w]
+    assert rows["lesion B"]["n_voxels_adc"] == int((labels == names["lesion B"]).sum())
+    warning = [w for w in result.warnings if "lesion B" in w and "outside" in w]
     assert len(warning) == 1
-    assert not any("outside" in w for w in result.warnings if "lesion_B" not in w)
+    assert not any("outside" in w for w in result.warnings if "lesion B" not in w)
     percent = int(warning[0].split("lies ")[1].split("%")[0])
     assert 35 <= percent <= 65
 
@@ -815,7 +814,7 @@ def test_overlapping_segments_each_keep_all_their_voxels(study_dir, tmp_path):
         assert rows[name]["n_voxels_adc"] == int(mask.sum()), name
         assert rows[name]["adc_mean"] == pytest.approx(adc[mask].mean(), rel=1e-6), name
     # the overlap is real on the ADC grid: lesion A's voxels are all vertebra voxels too
-    assert np.all(expected["L2 vertebra"][expected["lesion_A"]])
+    assert np.all(expected["L2 vertebra"][expected["lesion A"]])
     assert rows["L2 vertebra"]["role"] == "reference"
 
 
@@ -877,9 +876,8 @@ def layer_image(image: sitk.Image, layer: int) -> sitk.Image:
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("phantom")
-    truth = make_phantom(folder, seed=0)
+def phantom(phantom_study):
+    folder, truth = phantom_study(0)
     assert json.loads((folder / "ground_truth.json").read_text()) == truth
     return folder, truth
 
@@ -971,3 +969,12 @@ def test_phantom_lesion_adc_and_class_recovered(phantom, source):
             assert row["n_voxels_adc"] == independent[name][0], name
             if independent[name][1] is not None and not segment.get("partial_volume"):
                 assert row["adc_mean"] == pytest.approx(independent[name][1], rel=1e-6), name
+
+
+def test_label_names_keep_their_spaces_as_slicer_reads_them(tmp_path):
+    """A colour table written with spaces keeps the whole name; one written as Slicer writes it
+    (underscores) reads as Slicer's own reader gives it: underscores become spaces."""
+    table = tmp_path / "names.ctbl"
+    table.write_text("# value name r g b a\n1 L3 normal 0 255 0 255\n2 L2/L3_disc 0 0 255 255\n7 lesion 1 2 3 255\n",
+                     encoding="utf-8")
+    assert mrml.read_label_names(table) == {1: "L3 normal", 2: "L2/L3 disc", 7: "lesion"}

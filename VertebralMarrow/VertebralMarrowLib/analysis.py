@@ -15,7 +15,7 @@ import numpy as np
 
 from . import DISCLAIMER, __version__
 from .core.adc import decide_adc_units, fit_adc_volume, select_bvalues, trace_weighted
-from .core.criteria import Options, ResolvedOptions
+from .core.criteria import Options
 from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
 from .mrml import (
@@ -33,6 +33,7 @@ from .mrml import (
     voxel_volume_mm3,
 )
 from .core.classes import CLASSES, OUTSIDE
+from .core.sequences import SEQUENCES, SIGNAL_KEYS
 from .core.stats import classify_signal, roi_means, roi_statistics, weighted_statistics
 from .core.tiers import NO_DWI_SIGNAL_TEXT, paint_lesion, read_lesion
 
@@ -40,7 +41,6 @@ from .core.tiers import NO_DWI_SIGNAL_TEXT, paint_lesion, read_lesion
 # units are wrong, not that the tissue is unusual.
 ADC_MAX_PLAUSIBLE = 4.0
 
-SIGNAL_SEQUENCES = ("t1", "t2", "fs")
 OVERLAY_CLASSES = {c.code: c.label for c in CLASSES}
 
 
@@ -80,7 +80,7 @@ class AnalysisResult:
     adc_units: str
     bvalues_used: Optional[List[float]]
     warnings: List[str]
-    options: ResolvedOptions
+    options: Options
     inputs: Dict[str, str]
     rois_on_adc: SegmentsOnGrid      # the measured segments on the ADC grid, for pictures
     disclaimer: str = DISCLAIMER
@@ -131,11 +131,7 @@ def analyze(
     _check_coverage(on_adc, _per_segment(on_adc, _centre_counts), names, "the ADC map", resolved.min_voxels, warnings, unmeasured)
 
     signal_means: Dict[str, Dict[str, tuple]] = {}
-    optional_volumes = [
-        ("t1", study.t1, "T1"), ("t2", study.t2, "T2"), ("fs", study.fs, "FS-T2/STIR"), ("ct", study.ct, "CT"),
-        ("in_phase", study.in_phase, "in-phase"), ("opposed_phase", study.opposed_phase, "opposed-phase"),
-        ("fat_fraction", study.fat_fraction, "fat fraction"),
-    ]
+    optional_volumes = [(s.key, getattr(study, s.key), s.label) for s in SEQUENCES]
     present = [entry for entry in optional_volumes if entry[1] is not None]
     for index, (key, node, label) in enumerate(present):
         step(0.5 + 0.3 * index / max(len(present), 1), f"ROIs on {label}")
@@ -154,7 +150,7 @@ def analyze(
         warnings.append("no reference ROI of normal marrow (name it '... normal' or use --reference): signal ratios are empty")
     reference_mean = {key: _pooled_mean(means, references) for key, means in signal_means.items()}
     for role in ("disc", "muscle"):
-        for key in SIGNAL_SEQUENCES:
+        for key in SIGNAL_KEYS:
             reference_mean[f"{key}_{role}"] = _pooled_mean(signal_means.get(key, {}), [s for s in measured if roles[s] == role])
 
     # Voxels without DWI signal: no ADC value, or (fitted DWI) a lowest-b signal far below the
@@ -238,7 +234,7 @@ def _roles(segmentation, ids, names, given: Dict[str, str], reference_names: Seq
     return roles
 
 
-def _adc(scene, study: StudyNodes, options: ResolvedOptions, warnings: List[str], step):
+def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
     if study.adc is not None and study.dwi:
         raise InputError("give either an ADC map or DWI volumes, not both")
     if study.adc is not None:
@@ -336,7 +332,7 @@ def _check_coverage(on_grid, stats: Dict[str, dict], names, volume_label: str, m
 
 
 def _measure_small_rois(scene, app, segmentation, adc_node, adc_map, adc_stats, on_adc, names, unmeasured,
-                        options: ResolvedOptions, warnings: List[str]) -> Dict[str, dict]:
+                        options: Options, warnings: List[str]) -> Dict[str, dict]:
     """ROIs covering fewer voxel centres of the ADC grid than min_voxels (none at all, too)
     are measured on every voxel they partly cover, weighted by the covered fraction (the
     segment supersampled, criteria small_roi). Their statistics replace the centre-sampled
@@ -375,7 +371,7 @@ def _partial_words(partial: Optional[dict]) -> Optional[str]:
             f"({partial['covered_voxels']:.1f} voxels' worth; {partial['voxel_centres']} voxel centres)")
 
 
-def _check_reference(rows: List[dict], details: List[dict], options: ResolvedOptions, warnings: List[str]) -> None:
+def _check_reference(rows: List[dict], details: List[dict], options: Options, warnings: List[str]) -> None:
     """The normal-marrow reference is itself checked (criteria reference_check): an ADC above
     the normal-marrow range or T1 not above the disc means it may be infiltrated."""
     for row, detail in zip(rows, details):
@@ -410,7 +406,7 @@ def _ratio(value: Optional[float], reference: Optional[float]) -> Optional[float
     return value / reference
 
 
-def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean, spread, options: ResolvedOptions,
+def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean, spread, options: Options,
                     no_signal_fraction: float = 0.0, bvalues: Optional[List[float]] = None,
                     partial_volume: Optional[str] = None):
     mean_adc = adc.get("mean")
@@ -422,7 +418,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
             f"the ADC units are probably wrong: set --adc-units"
         )
     ratios, signals = {}, {}
-    for key in SIGNAL_SEQUENCES:
+    for key in SIGNAL_KEYS:
         value = signal_means.get(key, {}).get(sid, (None, 0))[0]
         ratios[key] = _ratio(value, reference_mean.get(key))
         signals[key] = classify_signal(ratios[key], options.signal_low_below, options.signal_high_above)
@@ -431,7 +427,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
     ratios_vs = {}
     for standard in ("disc", "muscle"):
         against = {key: _ratio(signal_means.get(key, {}).get(sid, (None, 0))[0], reference_mean.get(f"{key}_{standard}"))
-                   for key in SIGNAL_SEQUENCES}
+                   for key in SIGNAL_KEYS}
         against = {key: value for key, value in against.items() if value is not None}
         if against and role != standard:
             ratios_vs[standard] = against
@@ -483,10 +479,7 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
         )
         candidates = rank_differential(findings, options.criteria, {"ct_sclerotic_min_hu": options.ct_sclerotic_min_hu})
         differential = ";".join(candidate.entity for candidate in candidates)
-        detail["differential"] = [
-            {"entity": c.entity, "label": c.label, "score": round(c.score, 4), "fits": c.fits, "contradicts": c.contradicts}
-            for c in candidates
-        ]
+        detail["differential"] = [candidate.as_dict() for candidate in candidates]
         detail["differential_summary"] = summarize(candidates)
         detail["findings"] = {k: v for k, v in findings.__dict__.items() if v is not None}
 
@@ -515,7 +508,7 @@ def _known(signal: str) -> Optional[str]:
     return None if signal == "n/a" else signal
 
 
-def _versus(value: Optional[float], reference: Optional[float], options: ResolvedOptions) -> Optional[str]:
+def _versus(value: Optional[float], reference: Optional[float], options: Options) -> Optional[str]:
     return _known(classify_signal(_ratio(value, reference), options.signal_low_below, options.signal_high_above))
 
 
@@ -526,7 +519,7 @@ def _fat_percent(mean_fraction: Optional[float]) -> Optional[float]:
     return mean_fraction * 100.0 if mean_fraction <= 1.0 else mean_fraction
 
 
-def _overlay(on_adc, readings: Dict[str, object], adc_map: np.ndarray, options: ResolvedOptions,
+def _overlay(on_adc, readings: Dict[str, object], adc_map: np.ndarray, options: Options,
              partial: Dict[str, dict]) -> np.ndarray:
     """Voxel classes of the lesion ROIs on the ADC grid, each lesion painted under its
     reading's voxel rule (core/tiers.py); small ROIs on the voxels they partly cover."""

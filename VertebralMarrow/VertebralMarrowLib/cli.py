@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import DISCLAIMER, __version__
+from .core.sequences import SEQUENCES
 from .errors import InputError
-
-UNITS = ("auto", "mm2/s", "1e-3", "1e-6")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one `error:` line and exit status 2."""
@@ -35,6 +33,30 @@ def _progress(verbose: bool):
     return report
 
 
+def _common(parser) -> None:
+    """-q and -v, accepted before or after the subcommand."""
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress messages")
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also VTK's and ITK's own log messages")
+
+
+def _add_setting(parser, name: str) -> None:
+    """A command-line option made from its entry in the settings table (core.criteria.SETTINGS)."""
+    from .core.criteria import SETTING
+
+    setting = SETTING[name]
+    if setting.criteria_key is not None:
+        default = f"default {setting.default_value():g}"
+        source = setting.source().split(".")[0]
+        default += f", {source}" if source and "project default" not in source.lower() else ""
+    else:
+        default = f"default {setting.default}" if setting.default is not None else "default: all"
+    unit = f", {setting.unit}" if setting.unit and setting.unit != "ratio" else ""
+    parser.add_argument(setting.flag, dest=name, type=setting.kind, choices=setting.choices or None,
+                        metavar=None if setting.choices else "N",
+                        help=f"{setting.help}{unit} ({default})".replace("%", "%%"))
+
+
 def _add_dwi_arguments(parser, with_adc: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     if with_adc:
@@ -42,52 +64,38 @@ def _add_dwi_arguments(parser, with_adc: bool) -> None:
     group.add_argument("--dwi", type=Path, nargs="+", help="DWI: several 3-D files (with --bvalues) or one 4-D file")
     group.add_argument("--dwi-dicom", type=Path, help="folder of a diffusion DICOM series (b-values from the headers)")
     parser.add_argument("--bvalues", help="b-values in s/mm^2, one per DWI file, e.g. 0,50,400,800")
-    parser.add_argument("--method", choices=("iwls", "ols"), default="iwls",
-                        help="ADC fit: iteratively reweighted (default) or ordinary log-linear least squares")
-    parser.add_argument("--bmin", type=float, help="leave out b-values below this (perfusion-weighted), s/mm^2")
-    parser.add_argument("--bmax", type=float, help="leave out b-values above this (noise floor), s/mm^2")
+    for name in ("fit_method", "bmin", "bmax"):
+        _add_setting(parser, name)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vertebral-marrow", description="Quantitative MRI of vertebral bone marrow. " + DISCLAIMER)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    _common(parser)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     analyze = commands.add_parser("analyze", help="ADC, relative signal, classes and differential per ROI")
     analyze.add_argument("--seg", type=Path, required=True, help="segmentation (.seg.nrrd) or labelmap (.nrrd, .nii[.gz])")
     analyze.add_argument("--label-names", type=Path, help="Slicer color table naming a labelmap's labels")
     _add_dwi_arguments(analyze, with_adc=True)
-    for name, what in (("t1", "T1-weighted"), ("t2", "T2-weighted"), ("fs", "fat-suppressed T2 or STIR"), ("ct", "CT (HU)"),
-                       ("in-phase", "in-phase (chemical shift)"), ("opposed-phase", "opposed-phase (chemical shift)"),
-                       ("fat-fraction", "Dixon fat-fraction map (0-1 or %%)")):
-        analyze.add_argument(f"--{name}", type=Path, help=f"{what} volume")
+    for sequence in SEQUENCES:
+        analyze.add_argument(sequence.flag, dest=sequence.key, type=Path, help=sequence.what.replace("%", "%%"))
     analyze.add_argument("--reference", nargs="+", default=(), metavar="NAME", help="segment(s) of normal marrow")
     analyze.add_argument("--levels", action="append", default=[], metavar="SEGMENT=N",
                          help="vertebral levels a lesion involves (separates pyogenic from tuberculous spondylitis)")
     analyze.add_argument("--disc", action="append", default=[], metavar="SEGMENT=destroyed|spared",
                          help="state of the adjacent disc (destroyed: pyogenic; spared: tuberculous)")
-    analyze.add_argument("--cutoff", type=float, help="ADC cut-off, 10^-3 mm^2/s (default 1.21, Kaur 2020)")
-    analyze.add_argument("--band", type=float, help="indeterminate band around the cut-off, 10^-3 mm^2/s (default 0.2; 0: off)")
-    analyze.add_argument("--marrow-max", type=float,
-                         help="top of the normal-marrow ADC range, 10^-3 mm^2/s (default 0.55, Koutoulidis 2017; "
-                              "0.655 is Messiou 2011's; 0 turns the tier off)")
-    analyze.add_argument("--bone-island-hu", type=float, help="CT at or above this favours a bone island (default 885 HU, Ulano 2016)")
-    analyze.add_argument("--fat-t1-ratio", type=float,
-                         help="lesion T1 / normal marrow at or above this is fat-containing (default 1.2, project)")
-    analyze.add_argument("--fat-fraction-min", type=float,
-                         help="Dixon fat fraction (%%) at or above this is fat-containing (default 6.4, Schmeel 2018)")
-    analyze.add_argument("--chemical-shift-drop", type=float,
-                         help="opposed/in-phase ratio below this is a fat signal drop (default 0.80, Zajick 2005)")
-    analyze.add_argument("--adc-bvalues", help="b-values a scanner ADC map (--adc) was made from, e.g. 0,800 (recorded)")
-    analyze.add_argument("--adc-units", choices=UNITS, default="auto", help="units of --adc (default: decided from the values)")
-    analyze.add_argument("--low-below", type=float, help="signal ratio below which a ROI is 'low' (default 0.8)")
-    analyze.add_argument("--high-above", type=float, help="signal ratio above which a ROI is 'high' (default 1.2)")
-    analyze.add_argument("--min-voxels", type=int, help="warn when a ROI covers fewer voxels (default 10)")
-    analyze.add_argument("--ct-sclerotic-hu", type=float,
-                         help="mean CT attenuation from which a lesion is sclerotic, HU (default 302, Ulano 2016)")
+    for name in ("adc_cutoff", "indeterminate_band", "marrow_max", "adc_units", "signal_low_below", "signal_high_above",
+                 "min_voxels", "ct_sclerotic_min_hu", "bone_island_min_hu", "fat_t1_ratio_min", "fat_fraction_min_percent",
+                 "chemical_shift_drop_below"):
+        _add_setting(analyze, name)
+    analyze.add_argument("--adc-bvalues", metavar="B,B",
+                         help="the b-values a scanner ADC map (--adc) was made from, e.g. 0,800 (recorded with the "
+                              "results; the cut-offs were derived at b about 0-1000)")
     analyze.add_argument("--criteria", type=Path,
                          help="a criteria file of your own (a copy of VertebralMarrowLib/core/criteria.json with your numbers)")
+    analyze.add_argument("--single-file-report", action="store_true",
+                         help="report.html with its pictures inside (one file to mail or archive)")
     analyze.add_argument("--out", type=Path, required=True, help="output folder")
 
     adc = commands.add_parser("adc", help="fit the ADC map alone (float32, 10^-3 mm^2/s, on the DWI grid)")
@@ -105,21 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     cohort = commands.add_parser("cohort", help="sensitivity, specificity, ROC over many lesions")
     cohort.add_argument("csv", type=Path, help="CSV with columns adc (10^-3 mm^2/s) and truth (malignant|benign)")
     cohort.add_argument("--out", type=Path, required=True)
-    cohort.add_argument("--cutoff", type=float, help="ADC cut-off, 10^-3 mm^2/s (default 1.21, Kaur 2020)")
+    _add_setting(cohort, "adc_cutoff")
+    for command in commands.choices.values():
+        _common(command)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # VTK's informational messages ("removing old version of file") are noise on a command
-    # line; the library's own errors report every failure the analysis can meet.
-    import vtk
-
-    vtk.vtkObject.GlobalWarningDisplayOff()
     try:
         args = build_parser().parse_args(argv)
+        if not getattr(args, "verbose", False):
+            _quiet_native_logs(args.command)
         return _run(args)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_with_flag(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # an output folder or file that cannot be written
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
@@ -129,8 +136,30 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
+def _quiet_native_logs(command: str) -> None:
+    """VTK's and ITK's own messages ("removing old version of file", coloured ERR| lines) are
+    noise on a command line: the library's errors report every failure the analysis can
+    meet. -v keeps them. `adc` runs without vtk, so only SimpleITK is quietened there."""
+    import SimpleITK
+
+    SimpleITK.ProcessObject.GlobalWarningDisplayOff()
+    if command != "adc":
+        import vtk
+
+        vtk.vtkObject.GlobalWarningDisplayOff()
+        vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+
+
+def _with_flag(exc: InputError) -> str:
+    """The message, naming the setting by its command-line flag."""
+    from .core.criteria import SETTING
+
+    setting = SETTING.get(getattr(exc, "field", None) or "")
+    return f"{exc} ({setting.flag})" if setting is not None else str(exc)
+
+
 def _run(args) -> int:
-    progress = _progress(not args.quiet)
+    progress = _progress(not getattr(args, "quiet", False))
     if args.command == "phantom":
         from .phantom import make_phantom
 
@@ -140,7 +169,7 @@ def _run(args) -> int:
     if args.command == "cohort":
         from .cohort import run_cohort
 
-        summary = run_cohort(args.csv, args.out, args.cutoff, progress)
+        summary = run_cohort(args.csv, args.out, args.adc_cutoff, progress)
         print(f"cohort of {summary['n_malignant'] + summary['n_benign']} lesions: sensitivity {summary['sensitivity']:.3f}, "
               f"specificity {summary['specificity']:.3f}, AUC {summary['auc']:.3f}; written to {args.out}")
         return 0
@@ -163,34 +192,29 @@ def _study_files(args):
         seg=getattr(args, "seg", None), label_names=getattr(args, "label_names", None),
         adc=getattr(args, "adc", None), dwi=args.dwi or (), dwi_dicom=args.dwi_dicom,
         bvalues=parse_bvalues(args.bvalues) if args.bvalues else (),
-        t1=getattr(args, "t1", None), t2=getattr(args, "t2", None), fs=getattr(args, "fs", None),
-        ct=getattr(args, "ct", None), in_phase=getattr(args, "in_phase", None),
-        opposed_phase=getattr(args, "opposed_phase", None), fat_fraction=getattr(args, "fat_fraction", None),
+        **{sequence.key: getattr(args, sequence.key, None) for sequence in SEQUENCES},
         spread=parse_spread(getattr(args, "levels", ()), getattr(args, "disc", ())),
     )
 
 
 def _analyze(args, progress):
     from .core.criteria import Options
-    from .inputs.study import parse_bvalues
     from .pipeline import run_analysis
 
-    options = Options(
-        adc_cutoff=args.cutoff, indeterminate_band=args.band, signal_low_below=args.low_below,
-        signal_high_above=args.high_above, min_voxels=args.min_voxels, ct_sclerotic_min_hu=args.ct_sclerotic_hu,
-        criteria_path=args.criteria, adc_units=args.adc_units,
-        fit_method=args.method, bmin=args.bmin, bmax=args.bmax, reference_segments=tuple(args.reference),
-        marrow_max=args.marrow_max, bone_island_min_hu=args.bone_island_hu, fat_t1_ratio_min=args.fat_t1_ratio,
-        fat_fraction_min_percent=args.fat_fraction_min, chemical_shift_drop_below=args.chemical_shift_drop,
-        adc_bvalues=parse_bvalues(args.adc_bvalues) if args.adc_bvalues else None,
-    )
-    return run_analysis(_study_files(args), options, args.out, progress)
+    from .core.criteria import SETTINGS
+
+    from .inputs.study import parse_bvalues
+
+    options = Options(criteria_path=args.criteria, reference_segments=tuple(args.reference),
+                      adc_bvalues=parse_bvalues(args.adc_bvalues) if args.adc_bvalues else None,
+                      **{setting.name: getattr(args, setting.name) for setting in SETTINGS})
+    return run_analysis(_study_files(args), options, args.out, progress, single_file_report=args.single_file_report)
 
 
 def _fit_only(args, progress) -> int:
     from .pipeline import fit_adc_file
 
-    bvalues = fit_adc_file(_study_files(args), args.method, args.bmin, args.bmax, args.out, progress)
+    bvalues = fit_adc_file(_study_files(args), args.fit_method or "iwls", args.bmin, args.bmax, args.out, progress)
     print(f"ADC map (float32, 10^-3 mm^2/s) from b = {', '.join(f'{b:g}' for b in bvalues)} s/mm^2 written to {args.out}")
     return 0
 
@@ -203,10 +227,7 @@ def _print_summary(result, out: Path) -> None:
         top = ", ".join(row["differential"].split(";")[:2]) if row["differential"] else ""
         print(f"{row['segment'][:24]:24s} {row['role']:9s} {adc:>8s}  {row['adc_class']:13s} {top}")
     for warning in result.warnings:
-        print(f"warning: {warning}")
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"outputs in {out}: results.csv, results.json, overlay.nrrd, report.html, VertebralMarrow.mrml")
     print(DISCLAIMER)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -143,7 +143,11 @@ def load_segmentation(scene, app: Optional[HeadlessApp], path, label_names: Opti
 
 
 def read_label_names(path) -> Dict[int, str]:
-    """Label value -> name from a Slicer color-table text file (`value name r g b a`)."""
+    """Label value -> name from a Slicer color-table text file (`value name r g b a`).
+
+    Read as Slicer's own color-table reader does (an underscore in a name stands for a space:
+    `L3_normal` is 'L3 normal'), and also keeping a name written with spaces whole (Slicer's
+    reader would cut 'L3 normal' to 'L3', and the segment would lose its reference role)."""
     path = _require_file(path, "label names")
     names = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
@@ -151,10 +155,16 @@ def read_label_names(path) -> Dict[int, str]:
         if not line or line.startswith("#"):
             continue
         parts = line.split()
+        colour = parts[-4:] if len(parts) >= 6 else []
+        name_parts = parts[1:-4] if colour else parts[1:2]
         try:
-            names[int(parts[0])] = parts[1]
+            value = int(parts[0])
+            [float(c) for c in colour]
         except (ValueError, IndexError):
-            raise InputError(f"{path} line {number}: expected 'value name r g b a', got '{line}'") from None
+            value = None
+        if value is None or not name_parts:
+            raise InputError(f"{path} line {number}: expected 'value name r g b a', got '{line}'")
+        names[value] = " ".join(name_parts).replace("_", " ")
     return names
 
 

@@ -390,13 +390,6 @@ def _write_volume(scene, array: np.ndarray, grid: Grid, path: Path) -> Path:
     return path
 
 
-# Lesions whose differential the phantom does not pin down by the eight-entity ADC tables
-# alone: a new entity, an ADC in the published overlap (the haemangioma at Winfield's 1.085,
-# focal myeloma at 1.05) or a lesion read by a sign first. Their ranking is the differential's
-# to test (issue 10, item 5).
-NOT_CLASSIC = ("T12 lesion", "T12 island", "L4 island", "L5 island", "L1 necrotic", "L2 focus")
-
-
 def _design_tier(adc: float, criteria: dict) -> str:
     """The tier a lesion was designed in, from the criteria file's default bounds."""
     marrow_max = criteria["adc_tiers"]["marrow_max"]["value"]
@@ -455,7 +448,6 @@ def _ground_truth(criteria: dict, lesion_adc: Dict[str, float], normal_adc: floa
             "adc_source": LESION_ADC[lesion.entity][1],
             "t1_ratio": t1, "t2_ratio": t2, "fs_ratio": fs,
             "ct_mean_hu": lesion_ct_hu(lesion, criteria),
-            "classic": lesion.segment not in NOT_CLASSIC,
             **_expected_reading(lesion, adc, criteria),
         }
         if lesion.core_radius_mm:

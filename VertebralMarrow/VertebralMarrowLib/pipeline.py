@@ -23,12 +23,15 @@ def _scaled(progress: Progress, start: float, stop: float) -> Progress:
     return lambda fraction, text: progress(start + (stop - start) * fraction, text)
 
 
-def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progress: Progress = None) -> AnalysisResult:
-    """Load the study, analyse it and write every output into `out_dir`."""
+def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progress: Progress = None,
+                 single_file_report: bool = False) -> AnalysisResult:
+    """Load the study, analyse it and write every output into `out_dir` (`single_file_report`:
+    report.html with its pictures inside)."""
     app = new_scene()
     study = load_study(app, files)
     result = analyze(app.scene, study, options, app=app, progress=_scaled(progress, 0.0, 0.5))
-    write_output_folder(app, study, result, out_dir, progress=_scaled(progress, 0.5, 1.0))
+    write_output_folder(app, study, result, out_dir, progress=_scaled(progress, 0.5, 1.0),
+                        single_file_report=single_file_report)
     return result
 
 

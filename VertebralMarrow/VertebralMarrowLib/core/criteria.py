@@ -8,11 +8,13 @@ the analysis takes directly.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from ..errors import InputError
 
@@ -27,6 +29,8 @@ ENTITY_KEYS = (
     "tuberculous_spondylitis",
     "myeloma_leukemia",
     "red_marrow_reconversion",
+    "bone_island",
+    "focal_fat",
 )
 
 
@@ -58,12 +62,99 @@ def citation(criteria: dict, source_key: str) -> str:
     return criteria["references"].get(source_key, source_key)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One user setting: the one place that says its name on each front door, its unit, its
+    range and where its default comes from. The CLI's flags and help, the panel's parameter
+    defaults and tooltips, and every message about it are made from this table."""
+
+    name: str                       # the Options field
+    label: str                      # in words, for messages and the panel
+    flag: str                       # on the command line
+    parameter: str                  # on the Slicer panel's parameter node
+    unit: str
+    help: str
+    kind: type = float
+    criteria_key: Optional[Tuple[str, ...]] = None   # where criteria.json holds the default (a path)
+    default: object = None                           # the default when criteria.json has none
+    choices: Tuple[str, ...] = ()
+    low: Optional[float] = None                      # allowed range, both ends included
+    high: Optional[float] = None
+
+    def default_value(self, criteria: Optional[dict] = None):
+        if self.criteria_key is None:
+            return self.default
+        return self.kind(self._entry(criteria)[self.criteria_key[-1]])
+
+    def source(self, criteria: Optional[dict] = None) -> str:
+        """The citation of the default, or '' for settings that are not clinical numbers."""
+        if self.criteria_key is None:
+            return ""
+        criteria = criteria or load_criteria()
+        return citation(criteria, self._entry(criteria).get("source", ""))
+
+    def _entry(self, criteria: Optional[dict]) -> dict:
+        """The criteria.json entry holding the default (the path without its last key)."""
+        entry = criteria or load_criteria()
+        for key in self.criteria_key[:-1]:
+            entry = entry[key]
+        return entry
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("adc_cutoff", "ADC cut-off", "--cutoff", "cutoff", "10^-3 mm^2/s",
+            "a lesion whose mean ADC is at or below it is malignant-range", criteria_key=("adc_cutoff", "value"),
+            low=0.1, high=4.0),
+    Setting("indeterminate_band", "indeterminate band", "--band", "indeterminateBand", "10^-3 mm^2/s",
+            "lesions within cut-off +/- band are indeterminate (0: off)", criteria_key=("indeterminate_band", "value"),
+            low=0.0, high=1.0),
+    Setting("signal_low_below", "low-signal ratio", "--low-below", "signalLowBelow", "ratio",
+            "a lesion / normal-marrow signal ratio below it is 'low'", criteria_key=("signal_ratio", "low_below"),
+            low=0.1, high=1.0),
+    Setting("signal_high_above", "high-signal ratio", "--high-above", "signalHighAbove", "ratio",
+            "a lesion / normal-marrow signal ratio above it is 'high'", criteria_key=("signal_ratio", "high_above"),
+            low=1.0, high=5.0),
+    Setting("min_voxels", "minimum voxel count", "--min-voxels", "minVoxels", "voxels",
+            "a ROI covering fewer voxels of a volume's grid is flagged", kind=int, criteria_key=("min_voxels", "value"),
+            low=1, high=10000),
+    Setting("ct_sclerotic_min_hu", "CT sclerotic threshold", "--ct-sclerotic-hu", "ctScleroticHu", "HU",
+            "a lesion whose mean CT attenuation is at or above it is sclerotic", criteria_key=("ct", "sclerotic_min_hu"),
+            low=0.0, high=3000.0),
+    Setting("marrow_max", "normal-marrow range top", "--marrow-max", "marrowMax", "10^-3 mm^2/s",
+            "a lesion whose mean ADC is at or below it is in the normal-marrow range, never malignant "
+            "(Koutoulidis 2017: 0.548; Messiou 2011: 0.655; 0: off)", criteria_key=("adc_tiers", "marrow_max", "value"),
+            low=0.0, high=3.0),
+    Setting("bone_island_min_hu", "bone-island attenuation", "--bone-island-hu", "boneIslandHu", "HU",
+            "a lesion whose mean CT attenuation is at or above it favours a bone island (Ulano 2016)",
+            criteria_key=("overriding_signs", "bone_island_min_hu", "value"), low=0.0, high=3000.0),
+    Setting("fat_t1_ratio_min", "fat T1 ratio", "--fat-t1-ratio", "fatT1Ratio", "ratio",
+            "a lesion / normal-marrow T1 ratio at or above it is fat-containing, benign whatever its ADC",
+            criteria_key=("overriding_signs", "fat_t1_ratio_min", "value"), low=1.0, high=5.0),
+    Setting("fat_fraction_min_percent", "fat-fraction threshold", "--fat-fraction-min", "fatFractionMin", "%",
+            "a Dixon fat fraction at or above it is fat-containing (Schmeel 2018: below 6.40 suggests malignant)",
+            criteria_key=("overriding_signs", "fat_fraction_min_percent", "value"), low=0.0, high=100.0),
+    Setting("chemical_shift_drop_below", "chemical-shift drop", "--chemical-shift-drop", "chemicalShiftDrop", "ratio",
+            "an opposed/in-phase ratio below it is a fat signal drop (Zajick 2005, unverified)",
+            criteria_key=("overriding_signs", "chemical_shift_drop_below", "value"), low=0.1, high=1.5),
+    Setting("adc_units", "ADC units", "--adc-units", "adcUnits", "",
+            "units of the scanner ADC map (auto: decided from the values, and said)", kind=str, default="auto",
+            choices=("auto", "mm2/s", "1e-3", "1e-6")),
+    Setting("fit_method", "ADC fit", "--method", "fitMethod", "",
+            "iwls: weighted log-linear least squares, reweighted; ols: ordinary log-linear", kind=str, default="iwls",
+            choices=("iwls", "ols")),
+    Setting("bmin", "lowest b-value", "--bmin", "bmin", "s/mm^2",
+            "b-values below it are left out of the fit (perfusion-weighted)", low=0.0, high=10000.0),
+    Setting("bmax", "highest b-value", "--bmax", "bmax", "s/mm^2",
+            "b-values above it are left out of the fit (noise floor)", low=0.0, high=10000.0),
+)
+SETTING: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
 @dataclass
 class Options:
-    """The user's choices for one analysis. None means: take the criteria file's default.
-
-    ADC values are in 10^-3 mm^2/s throughout.
-    """
+    """The user's choices for one analysis; None means the default (SETTINGS says where it
+    comes from). ADC values are in 10^-3 mm^2/s throughout. `resolved()` gives a copy with
+    every default filled in, checked, and the criteria it was read from."""
 
     adc_cutoff: Optional[float] = None
     indeterminate_band: Optional[float] = None
@@ -76,100 +167,70 @@ class Options:
     fat_t1_ratio_min: Optional[float] = None
     fat_fraction_min_percent: Optional[float] = None
     chemical_shift_drop_below: Optional[float] = None
-    adc_bvalues: Optional[Sequence[float]] = None  # b-values a scanner ADC map was made from
-    adc_units: str = "auto"
-    fit_method: str = "iwls"
+    adc_bvalues: Optional[Sequence[float]] = None  # b-values a scanner ADC map was made from (recorded)
+    adc_units: Optional[str] = None
+    fit_method: Optional[str] = None
     bmin: Optional[float] = None
     bmax: Optional[float] = None
     reference_segments: Sequence[str] = field(default_factory=tuple)
     criteria_path: Optional[Path] = None
+    criteria: dict = field(default_factory=dict, repr=False)  # filled by resolved()
 
-    def resolved(self) -> "ResolvedOptions":
-        """Overrides applied to the criteria file's defaults, checked for sense."""
+    def resolved(self) -> "Options":
         criteria = load_criteria(self.criteria_path)
-
-        tiers, signs = criteria["adc_tiers"], criteria["overriding_signs"]
-
-        def pick(value, default):
-            return default if value is None else value
-
-        resolved = ResolvedOptions(
-            criteria=criteria,
-            adc_cutoff=float(pick(self.adc_cutoff, criteria["adc_cutoff"]["value"])),
-            indeterminate_band=float(pick(self.indeterminate_band, criteria["indeterminate_band"]["value"])),
-            signal_low_below=float(pick(self.signal_low_below, criteria["signal_ratio"]["low_below"])),
-            signal_high_above=float(pick(self.signal_high_above, criteria["signal_ratio"]["high_above"])),
-            min_voxels=int(pick(self.min_voxels, criteria["min_voxels"]["value"])),
-            ct_sclerotic_min_hu=float(pick(self.ct_sclerotic_min_hu, criteria["ct"]["sclerotic_min_hu"])),
-            marrow_max=float(pick(self.marrow_max, tiers["marrow_max"]["value"])),
-            bone_island_min_hu=float(pick(self.bone_island_min_hu, signs["bone_island_min_hu"]["value"])),
-            fat_t1_ratio_min=float(pick(self.fat_t1_ratio_min, signs["fat_t1_ratio_min"]["value"])),
-            fat_fraction_min_percent=float(pick(self.fat_fraction_min_percent, signs["fat_fraction_min_percent"]["value"])),
-            chemical_shift_drop_below=float(pick(self.chemical_shift_drop_below, signs["chemical_shift_drop_below"]["value"])),
-            adc_bvalues=None if self.adc_bvalues is None else tuple(float(b) for b in self.adc_bvalues),
-            adc_units=self.adc_units,
-            fit_method=self.fit_method,
-            bmin=self.bmin,
-            bmax=self.bmax,
-            reference_segments=tuple(self.reference_segments),
-        )
+        values = {}
+        for setting in SETTINGS:
+            value = getattr(self, setting.name)
+            values[setting.name] = setting.default_value(criteria) if value is None else _checked(setting, value)
+        if isinstance(self.reference_segments, str):  # one name, never its letters
+            references = (self.reference_segments,)
+        else:
+            references = tuple(self.reference_segments)
+        bvalues = None if self.adc_bvalues is None else tuple(float(b) for b in self.adc_bvalues)
+        resolved = dataclasses.replace(self, **values, reference_segments=references, criteria=criteria,
+                                       adc_bvalues=bvalues)
         resolved.check()
         return resolved
 
-
-@dataclass
-class ResolvedOptions:
-    """Options with every default filled in. `marrow_max` 0 means the normal-marrow tier is off
-    (`marrow_max_or_none` gives what classes.classify_adc takes)."""
-
-    criteria: dict
-    adc_cutoff: float
-    indeterminate_band: float
-    signal_low_below: float
-    signal_high_above: float
-    min_voxels: int
-    ct_sclerotic_min_hu: float
-    marrow_max: float
-    bone_island_min_hu: float
-    fat_t1_ratio_min: float
-    fat_fraction_min_percent: float
-    chemical_shift_drop_below: float
-    adc_bvalues: Optional[tuple]
-    adc_units: str
-    fit_method: str
-    bmin: Optional[float]
-    bmax: Optional[float]
-    reference_segments: tuple
-
     @property
     def marrow_max_or_none(self) -> Optional[float]:
-        return self.marrow_max if self.marrow_max > 0 else None
+        """The normal-marrow range top as classes.classify_adc takes it (None: the tier is off)."""
+        return self.marrow_max if self.marrow_max else None
 
     def check(self) -> None:
-        if not 0.0 < self.adc_cutoff < 5.0:
-            raise InputError(
-                f"ADC cut-off {self.adc_cutoff} is outside 0-5 x 10^-3 mm^2/s; give it in 10^-3 mm^2/s (e.g. 1.21)"
-            )
-        if self.indeterminate_band < 0 or self.indeterminate_band >= self.adc_cutoff:
-            raise InputError(f"indeterminate band {self.indeterminate_band} must be >= 0 and below the cut-off")
-        if not 0 < self.signal_low_below <= 1.0 <= self.signal_high_above:
-            raise InputError(
-                f"signal thresholds must satisfy 0 < low ({self.signal_low_below}) <= 1 <= high ({self.signal_high_above})"
-            )
-        if not 0 <= self.marrow_max < self.adc_cutoff - self.indeterminate_band:
-            raise InputError(
-                f"normal-marrow range top {self.marrow_max} must be >= 0 (0 turns it off) and below the "
-                f"indeterminate band ({self.adc_cutoff - self.indeterminate_band:g})"
-            )
+        """Relations between settings (each one's own range is checked as it is read)."""
+        if self.indeterminate_band >= self.adc_cutoff:
+            raise InputError(f"indeterminate band {self.indeterminate_band} must be below the ADC cut-off "
+                             f"{self.adc_cutoff}", field="indeterminate_band")
+        if self.signal_low_below > self.signal_high_above:
+            raise InputError(f"low-signal ratio {self.signal_low_below} is above the high-signal ratio "
+                             f"{self.signal_high_above}", field="signal_low_below")
+        if self.marrow_max >= self.adc_cutoff - self.indeterminate_band:
+            raise InputError(f"normal-marrow range top {self.marrow_max} must lie below the indeterminate band "
+                             f"({self.adc_cutoff - self.indeterminate_band:g}); 0 turns it off", field="marrow_max")
         if self.bone_island_min_hu <= self.ct_sclerotic_min_hu:
-            raise InputError(f"bone-island attenuation {self.bone_island_min_hu} HU must be above the sclerotic threshold {self.ct_sclerotic_min_hu} HU")
+            raise InputError(f"bone-island attenuation {self.bone_island_min_hu:g} HU must be above the sclerotic "
+                             f"threshold {self.ct_sclerotic_min_hu:g} HU", field="bone_island_min_hu")
         if self.adc_bvalues is not None and (len(self.adc_bvalues) < 2 or min(self.adc_bvalues) < 0):
-            raise InputError(f"ADC map b-values {list(self.adc_bvalues)}: give at least two b-values >= 0, e.g. 0,800")
-        if self.min_voxels < 1:
-            raise InputError(f"minimum voxel count must be at least 1, not {self.min_voxels}")
-        if self.adc_units not in ("auto", "mm2/s", "1e-3", "1e-6"):
-            raise InputError(f"ADC units '{self.adc_units}' unknown; use auto, mm2/s, 1e-3 or 1e-6")
-        if self.fit_method not in ("iwls", "ols"):
-            raise InputError(f"fit method '{self.fit_method}' unknown; use iwls or ols")
+            raise InputError(f"ADC map b-values {list(self.adc_bvalues)}: give at least two b-values >= 0, e.g. 0,800",
+                             field="adc_bvalues")
         if self.bmin is not None and self.bmax is not None and self.bmin >= self.bmax:
-            raise InputError(f"--bmin {self.bmin} must be below --bmax {self.bmax}")
+            raise InputError(f"lowest b-value {self.bmin} must be below the highest b-value {self.bmax}", field="bmin")
+
+
+def _checked(setting: Setting, value):
+    """`value` as the setting's type, within its range or choices; InputError naming it otherwise."""
+    if setting.kind is str:
+        if not isinstance(value, str) or (setting.choices and value not in setting.choices):
+            raise InputError(f"{setting.label} '{value}' unknown; use {', '.join(setting.choices)}", field=setting.name)
+        return value
+    try:
+        number = setting.kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{setting.label} {value!r} is not a number", field=setting.name) from None
+    if isinstance(value, bool) or not math.isfinite(number) or (setting.kind is int and number != float(value)):
+        raise InputError(f"{setting.label} {value!r} is not a finite {setting.kind.__name__}", field=setting.name)
+    if (setting.low is not None and number < setting.low) or (setting.high is not None and number > setting.high):
+        unit = f" {setting.unit}" if setting.unit else ""
+        raise InputError(f"{setting.label} {number:g} is outside {setting.low:g}-{setting.high:g}{unit}", field=setting.name)
+    return number

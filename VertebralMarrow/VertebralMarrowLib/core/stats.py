@@ -11,7 +11,6 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-STATISTICS = ("n", "mean", "median", "sd", "p10", "p90", "fraction_at_or_below_cutoff", "restricted_mean")
 
 
 def roi_statistics(values: np.ndarray, labels: np.ndarray, cutoff: float = np.nan) -> Dict[int, Dict[str, float]]:

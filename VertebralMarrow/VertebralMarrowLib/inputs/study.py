@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..analysis import StudyNodes
+from ..core.sequences import SEQUENCES
 from ..errors import InputError
 from ..mrml import HeadlessApp, load_segmentation, load_volume, read_image_sitk, volume_from_array
 
@@ -75,11 +76,10 @@ def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
         study.dwi, study.bvalues = load_dwi(scene, files.dwi, files.bvalues)
     else:
         study.dwi, study.bvalues = load_dwi_dicom(scene, files.dwi_dicom)
-    for key, what in (("t1", "T1"), ("t2", "T2"), ("fs", "FS-T2/STIR"), ("ct", "CT"),
-                      ("in_phase", "in-phase"), ("opposed_phase", "opposed-phase"), ("fat_fraction", "fat fraction")):
-        path = getattr(files, key)
+    for sequence in SEQUENCES:
+        path = getattr(files, sequence.key)
         if path is not None:
-            setattr(study, key, load_volume(scene, path, what))
+            setattr(study, sequence.key, load_volume(scene, path, sequence.label))
     return study
 
 

@@ -3,12 +3,14 @@ that opens in Slicer."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import slicer
 
 from ..analysis import AnalysisResult, StudyNodes
+from ..core.sequences import SEQUENCES
 from ..mrml import write_node
 from .nodes import ADC_MAP_NAME, adc_color_node, adc_map_node, class_color_node, color_segments_by_class, overlay_node
 from .table import result_document, results_table_node, write_csv, write_json
@@ -18,8 +20,10 @@ SCENE_DATA = "scene-data"
 
 
 def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
-                        progress: Optional[Callable[[float, str], None]] = None) -> List[Path]:
-    """Write every output of the interface into `out_dir`; return the files written."""
+                        progress: Optional[Callable[[float, str], None]] = None,
+                        single_file_report: bool = False) -> List[Path]:
+    """Write every output of the interface into `out_dir`; return the files written.
+    `single_file_report` embeds the pictures in report.html."""
     from .pictures import plot_nodes, write_pictures
     from .report import write_report
 
@@ -45,7 +49,7 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
     written += [picture.path for picture in pictures]
 
     step(0.8, "report")
-    written.append(write_report(out / "report.html", result_document(result), pictures))
+    written.append(write_report(out / "report.html", result_document(result), pictures, single_file=single_file_report))
 
     step(0.9, "scene")
     adc_colors = adc_color_node(scene)
@@ -63,8 +67,8 @@ def save_scene(scene, study: StudyNodes, result: AnalysisResult, out: Path, *ext
     """Save a Slicer scene: the .mrml in `out`, each node's data under scene-data/."""
     data = out / SCENE_DATA
     data.mkdir(exist_ok=True)
-    volumes = [study.adc, study.t1, study.t2, study.fs, study.ct, study.in_phase, study.opposed_phase,
-               study.fat_fraction, *study.dwi, result.adc_node if study.adc is None else None]
+    volumes = [study.adc, *(getattr(study, s.key) for s in SEQUENCES), *study.dwi,
+               result.adc_node if study.adc is None else None]
     nodes = [node for node in volumes if node is not None] + [study.segmentation] + [n for n in extra_nodes if n is not None]
     seen = set()
     for node in nodes:
@@ -105,7 +109,10 @@ def _show_in_slice_views(scene, study: StudyNodes, result: AnalysisResult, nodes
 
 
 def _file_name(node) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.GetName())
+    """A readable file name from the node's name: units in brackets left out ('VertebralMarrow
+    ADC (10^-3 mm^2/s)' -> 'VertebralMarrow_ADC'), any other run of odd characters one '_'."""
+    words = re.sub(r"\([^)]*\)", " ", node.GetName())
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "_", words).strip("_.") or "node"
     if node.IsA("vtkMRMLSegmentationNode"):
         return safe + ".seg.nrrd"
     if node.IsA("vtkMRMLColorTableNode"):

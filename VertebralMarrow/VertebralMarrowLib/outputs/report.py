@@ -7,17 +7,20 @@ HTML-escaped, because segment names are free text typed by users.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import html
+import mimetypes
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
-from ..core.differential import is_number, likelihood_text
 from ..core.classes import CLASSES, OUTSIDE
+from ..core.sequences import SEQUENCE, SEQUENCES, SIGNAL_KEYS
+from ..core.differential import is_number, likelihood_word
 from .nodes import CLASS_COLORS
-from .table import COLUMNS
+from .table import COLUMN_LABELS, COLUMNS
 
 TOP_DIFFERENTIAL = 3
 NONE_ITEM = '<span class="muted">–</span>'
@@ -26,22 +29,24 @@ NONE_ITEM = '<span class="muted">–</span>'
 CLASS_BADGES = {**{c.key: c.label for c in CLASSES if c is not OUTSIDE}, "reference": "reference"}
 
 
-def write_report(path, document: dict, pictures) -> Path:
-    """Write the report for `document` (outputs.result_document) and its pictures."""
+def write_report(path, document: dict, pictures, single_file: bool = False) -> Path:
+    """Write the report for `document` (outputs.table.result_document) and its pictures: the
+    summary and the warnings first, then the details. `single_file` embeds the pictures in
+    the page, so it can be mailed or archived on its own."""
     path = Path(path)
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = None if single_file else path.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
     pictures = list(pictures)
     body = [
         _header(document),
         _disclaimer(document, "top"),
         _at_a_glance(document, pictures, folder),
+        _warnings(document),
         _study(document),
         _results_table(document),
         _lesions(document, pictures, folder),
         _criteria(document),
         _references(document),
-        _warnings(document),
         _disclaimer(document, "bottom"),
         _footer(document),
     ]
@@ -74,7 +79,7 @@ def _disclaimer(document: dict, where: str) -> str:
     return f"<aside class=\"disclaimer {where}\" role=\"note\"><b>{_e(document.get('disclaimer', ''))}</b></aside>"
 
 
-def _at_a_glance(document: dict, pictures: list, folder: Path) -> str:
+def _at_a_glance(document: dict, pictures: list, folder: Optional[Path]) -> str:
     lesions = [row for row in document.get("rows", []) if row.get("role") == "lesion"]
     segments = document.get("segments", {})
     cutoff = document.get("criteria", {}).get("adc_cutoff", {}).get("value")
@@ -82,7 +87,7 @@ def _at_a_glance(document: dict, pictures: list, folder: Path) -> str:
     for row in lesions:
         detail = segments.get(row["segment"], {})
         top = detail.get("differential", [])[:1]
-        likely = f"{_e(top[0]['label'])} <span class=\"muted\">({likelihood_text(top[0]['score'])})</span>" if top else "–"
+        likely = f"{_e(top[0]['label'])} <span class=\"muted\">({_e(likelihood_word(top[0]))})</span>" if top else "–"
         lines.append(
             f"<tr><td><a href=\"#{_anchor(row['segment'])}\">{_e(row['segment'])}</a></td>"
             f"<td class=\"num\"><b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))}</td>"
@@ -111,9 +116,7 @@ def _at_a_glance(document: dict, pictures: list, folder: Path) -> str:
 def _study(document: dict) -> str:
     adc = document.get("adc", {})
     inputs = document.get("inputs", {})
-    names = {"adc": "ADC map", "dwi": "DWI", "t1": "T1", "t2": "T2", "fs": "FS-T2 / STIR", "ct": "CT",
-             "segmentation": "Segmentation", "in_phase": "In-phase", "opposed_phase": "Opposed-phase",
-             "fat_fraction": "Fat fraction"}
+    names = {"adc": "ADC map", "dwi": "DWI", "segmentation": "Segmentation", **{s.key: s.label for s in SEQUENCES}}
     rows = [(names.get(key, key), value) for key, value in inputs.items()]
     bvalues = adc.get("bvalues_s_per_mm2")
     statement = adc.get("bvalues", {}).get("text")
@@ -131,9 +134,11 @@ def _study(document: dict) -> str:
 
 def _results_table(document: dict) -> str:
     head = "".join(
-        f"<th title=\"{_e(description)}\">{_e(name).replace('_', '_<wbr>')}" + (f"<br><small>{_e(unit)}</small>" if unit else "") + "</th>"
+        f"<th title=\"{_e(description)} (results.csv: {_e(name)})\">{_e(COLUMN_LABELS[name])}"
+        + (f"<br><small>{_e(unit)}</small>" if unit else "") + "</th>"
         for name, unit, description in COLUMNS
     )
+    labels = _entity_labels(document)
     body = []
     for row in document.get("rows", []):
         cells = []
@@ -142,7 +147,7 @@ def _results_table(document: dict) -> str:
             if name == "adc_class":
                 cells.append(f"<td class=\"class {_class_css(value)}\">{_e(value)}</td>")
             elif name == "differential":
-                cells.append(_differential_cell(value))
+                cells.append(_differential_cell(value, labels))
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 cells.append(f"<td class=\"num\">{_e(_column_value(name, value))}</td>")
             else:
@@ -157,7 +162,7 @@ def _results_table(document: dict) -> str:
     )
 
 
-def _lesions(document: dict, pictures: list, folder: Path) -> str:
+def _lesions(document: dict, pictures: list, folder: Optional[Path]) -> str:
     segments = document.get("segments", {})
     articles = []
     for row in document.get("rows", []):
@@ -196,17 +201,23 @@ def _tier(detail: dict) -> str:
             f"{_e(tier.get('text', ''))}</p>{more}")
 
 
-def _differential_cell(value: Optional[str]) -> str:
-    """The first entities of the ranked list; the whole list in the tooltip and in the CSV."""
-    keys = [key for key in str(value or "").split(";") if key]
-    shown = "<br>".join(_e(key) for key in keys[:TOP_DIFFERENTIAL]) + (" …" if len(keys) > TOP_DIFFERENTIAL else "")
-    return f"<td class=\"diff\" title=\"{_e('; '.join(keys))}\">{shown}</td>"
+def _differential_cell(value: Optional[str], labels: Dict[str, str]) -> str:
+    """The first entities of the ranked list, in words; the whole list in the tooltip (the
+    entity keys are in the CSV)."""
+    names = [labels.get(key, key) for key in str(value or "").split(";") if key]
+    shown = "<br>".join(_e(name) for name in names[:TOP_DIFFERENTIAL]) + (" …" if len(names) > TOP_DIFFERENTIAL else "")
+    return f"<td class=\"diff\" title=\"{_e('; '.join(names))}\">{shown}</td>"
+
+
+def _entity_labels(document: dict) -> Dict[str, str]:
+    """Entity key -> the words a reader sees, from the criteria the analysis used."""
+    return {key: entity.get("label", key) for key, entity in document.get("criteria", {}).get("entities", {}).items()}
 
 
 def _key_numbers(row: dict) -> str:
     signals = ", ".join(
         f"{label} {_e(row.get(key + '_signal') or 'n/a')}" + (f" ({_fmt(row.get(key + '_ratio'))})" if row.get(key + "_ratio") is not None else "")
-        for key, label in (("t1", "T1"), ("t2", "T2"), ("fs", "FS-T2/STIR"))
+        for key, label in ((key, SEQUENCE[key].label) for key in SIGNAL_KEYS)
     )
     items = [
         ("Mean ADC", f"<b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))} ×10⁻³ mm²/s"),
@@ -228,14 +239,25 @@ def _differential(candidates: List[dict]) -> str:
         against = "".join(f"<li>{_e(reason)}</li>" for reason in candidate.get("contradicts", []))
         rows.append(
             f"<tr><td class=\"num\">{rank}</td><td><b>{_e(candidate.get('label', candidate.get('entity', '')))}</b></td>"
-            f"<td class=\"num\">{likelihood_text(candidate.get('score'))}</td>"
-            f"<td>{_list('fits', fits)}</td><td>{_list('against', against)}</td></tr>"
+            f"<td>{_e(likelihood_word(candidate))}</td>"
+            f"<td>{_list('fits', fits)}</td><td>{_list('against', against)}{_exclusion_lists(candidate)}</td></tr>"
         )
     return (
         f"<h4>Differential (top {min(TOP_DIFFERENTIAL, len(candidates))} of {len(candidates)})</h4>"
-        "<table class=\"differential\"><thead><tr><th class=\"num\">#</th><th>Entity</th><th class=\"num\">Score</th>"
+        "<table class=\"differential\"><thead><tr><th class=\"num\">#</th><th>Entity</th><th>Likelihood</th>"
         "<th>Fits</th><th>Argues against</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
+
+
+def _exclusion_lists(candidate: dict) -> str:
+    """A diagnosis of exclusion shows what was and was not excluded, and what would settle it."""
+    parts = []
+    for key, title in (("excluded", "Argued against by the measurements"), ("not_excluded", "Not excluded"),
+                       ("to_settle", "What would settle it")):
+        items = candidate.get(key) or []
+        if items:
+            parts.append(f"<p><b>{title}</b></p><ul class=\"{key}\">" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>")
+    return "".join(parts)
 
 
 def _list(kind: str, items: str) -> str:
@@ -321,8 +343,13 @@ def _footer(document: dict) -> str:
 # --- pieces -------------------------------------------------------------------------------
 
 
-def _figure(picture, folder: Path) -> str:
-    source = quote(os.path.relpath(str(picture.path), str(folder)).replace(os.sep, "/"))
+def _figure(picture, folder: Optional[Path]) -> str:
+    """The picture by its path relative to the page, or embedded as data when `folder` is None."""
+    if folder is None:
+        data = base64.b64encode(Path(picture.path).read_bytes()).decode("ascii")
+        source = f"data:{mimetypes.guess_type(str(picture.path))[0] or 'image/png'};base64,{data}"
+    else:
+        source = quote(os.path.relpath(str(picture.path), str(folder)).replace(os.sep, "/"))
     return (f"<figure class=\"{_e(picture.kind)}\"><img src=\"{_e(source)}\" alt=\"{_e(picture.caption)}\">"
             f"<figcaption>{_e(picture.caption)}</figcaption></figure>")
 

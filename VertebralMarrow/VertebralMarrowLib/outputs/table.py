@@ -40,6 +40,15 @@ COLUMNS = (
     ("adc_restricted", "10^-3 mm^2/s", "Heterogeneous lesions: mean ADC of the restricted component (voxels at or below the cut-off)"),
 )
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
+# What a reader sees for each column (the report, the panel's table headers).
+COLUMN_LABELS = {
+    "segment": "ROI", "role": "Role", "n_voxels_adc": "Voxels (ADC grid)", "volume_ml": "Volume",
+    "adc_mean": "Mean ADC", "adc_median": "Median ADC", "adc_sd": "ADC SD", "adc_p10": "ADC P10", "adc_p90": "ADC P90",
+    "fraction_at_or_below_cutoff": "Voxels at or below cut-off", "adc_class": "ADC tier",
+    "t1_ratio": "T1 ratio", "t2_ratio": "T2 ratio", "fs_ratio": "FS-T2/STIR ratio",
+    "t1_signal": "T1", "t2_signal": "T2", "fs_signal": "FS-T2/STIR", "ct_mean_hu": "CT", "differential": "Differential",
+    "adc_restricted": "Restricted component ADC",
+}
 TEXT_COLUMNS = ("segment", "role", "adc_class", "t1_signal", "t2_signal", "fs_signal", "differential")
 
 def _cell(value) -> str:

@@ -41,7 +41,7 @@ from .. import DISCLAIMER
 from ..analysis import AnalysisResult, StudyNodes
 from ..core.classes import BY_KEY
 from ..core.criteria import Options
-from ..core.differential import is_number, likelihood_text
+from ..core.differential import is_number, likelihood_word
 from ..errors import InputError
 from ..mrml import (
     HeadlessApp,
@@ -540,14 +540,19 @@ def differential_html(document: Optional[dict], segment: Optional[str]) -> str:
     elif not candidates:
         parts.append("<p>No differential was ranked for this lesion.</p>")
     else:
-        parts.append("<p><b>Differential</b> (relative likelihood among the eight entities of the clinical "
-                     "reference, most likely first; not a probability of disease):</p><ol>")
+        if detail.get("differential_summary"):
+            parts.append(f"<p>{_e(detail['differential_summary'])}</p>")
+        parts.append("<p><b>Differential</b> (the entities of the clinical reference, most likely first, in words: "
+                     "favoured, possible, less likely; not a probability of disease):</p><ol>")
         for candidate in candidates:
-            item = f"<li><b>{_e(candidate.get('label', candidate.get('entity', '')))}</b> ({_e(likelihood_text(candidate.get('score')))})"
+            item = f"<li><b>{_e(candidate.get('label', candidate.get('entity', '')))}</b> ({_e(likelihood_word(candidate))})"
             if candidate.get("fits"):
                 item += "<br/>for: " + _e("; ".join(candidate["fits"]))
             if candidate.get("contradicts"):
                 item += "<br/>against: " + _e("; ".join(candidate["contradicts"]))
+            for key, title in (("excluded", "argued against"), ("not_excluded", "not excluded"), ("to_settle", "would settle it")):
+                if candidate.get(key):
+                    item += f"<br/>{title}: " + _e("; ".join(candidate[key]))
             parts.append(item + "</li>")
         parts.append("</ol>")
     warnings = [w for w in document.get("warnings", []) if segment in w or "ROI '" not in w]
