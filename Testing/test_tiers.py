@@ -118,7 +118,7 @@ def test_heterogeneous_roi_is_never_benign_on_its_mean():
     assert values.mean() > 1.41  # benign on its mean alone
     reading = read_lesion(stats_of(values), DEFAULTS)
     assert reading.heterogeneous and reading.adc_class == "indeterminate" and reading.adc_tier == "indeterminate"
-    assert reading.deciding_sign == "heterogeneity"
+    assert reading.deciding_sign == "heterogeneity" and reading.text.startswith("heterogeneous: restricted component ADC 0.72")
     assert reading.adc_restricted == pytest.approx(rim.mean())
     # a homogeneous benign lesion stays benign; a homogeneous malignant one has no restricted component
     assert read_lesion(stats_of(np.full(50, 1.9)), DEFAULTS).adc_class == "benign"
@@ -259,8 +259,9 @@ def test_a_partly_covered_focus_is_never_called_normal_marrow():
     the normal-marrow range from partly covered voxels is at least indeterminate."""
     values = np.array([0.40, 0.45, 0.52, 0.60])
     reading = read_lesion(stats_of(values), DEFAULTS, partial_volume="small ROI: measured on 4 partly covered voxels")
-    assert reading.adc_tier == "marrow" and reading.adc_class == "indeterminate"
-    assert "partial volume" in reading.text and any("never called normal-marrow" in r for r in reading.reasons)
+    assert reading.adc_tier == "indeterminate" and reading.adc_class == "indeterminate"  # the differential sees it too
+    assert "partial volume" in reading.text and "does not exclude infiltration" in reading.text
+    assert any("never called normal-marrow" in r for r in reading.reasons)
     assert (paint_lesion(values, reading, 1.21, 0.2, 0.55) == INDETERMINATE).all()
     # a malignant-range reading stays malignant; its voxels show the row's colour
     malignant = read_lesion(stats_of(np.full(4, 0.8)), DEFAULTS, partial_volume="small ROI")

@@ -116,11 +116,14 @@ def read_lesion(adc: dict, options, t1_ratio: Optional[float] = None, t1_signal:
                     chemical_shift_ratio, no_dwi_signal_fraction)
     if partial_volume and reading.adc_class != "n/a":
         reading.reasons.append(f"{partial_volume}; partial volume pulls its ADC toward the surrounding tissue's")
-        reading.text += " (small ROI, partial volume: read with care)"
         if reading.adc_class == MARROW.key and reading.deciding_sign != "fat":
+            reading.text = (f"indeterminate: small ROI whose ADC ({_num(adc['mean'])}) reaches the normal-marrow range "
+                            "only through partial volume with the surrounding marrow; it does not exclude infiltration")
             reading.reasons.append("a partly covered focus is never called normal-marrow on that measurement: "
                                    "at least indeterminate")
-            reading.adc_class = INDETERMINATE.key
+            reading.adc_class = reading.adc_tier = INDETERMINATE.key
+        else:
+            reading.text += " (small ROI, partial volume: read with care)"
         if reading.voxel_rule in (VOXEL_BY_ADC, VOXEL_ALL_MARROW):
             reading.voxel_rule = VOXEL_ALL_CLASS
     return reading
@@ -173,7 +176,8 @@ def _read(adc: dict, options, t1_ratio, t1_signal, t2_signal, ct_mean_hu, fat_fr
         return LesionReading("n/a", None, "no_adc", text, [text] + reasons, False, None, None, VOXEL_BY_ADC)
     text = tier_text(tier, cutoff, band, marrow_max)
     if heterogeneous:
-        text = f"{text}; heterogeneous, restricted component ADC {_num(restricted)}"
+        text = (f"heterogeneous: restricted component ADC {_num(restricted)}, free component above {_num(cutoff + band)}; "
+                f"never benign on its mean ({_num(mean)}): {BY_KEY[tier].label}")
     rule = VOXEL_ALL_MARROW if tier == MARROW.key else VOXEL_BY_ADC
     return LesionReading(tier, tier, "heterogeneity" if heterogeneous else "adc", text, [text] + reasons,
                          heterogeneous, restricted, None, rule)
