@@ -378,3 +378,15 @@ def test_classify_voxels_follows_the_same_rule():
     for band in (0.0, 0.25):
         for value, cls in zip(values, classify_adc(values, 1.25, band)):
             assert names[int(cls)] == class_key(float(value), 1.25, band)
+
+
+def test_a_scanner_map_at_the_cutoff_is_at_it_not_above():
+    """A scanner's 1210 (10^-6 mm^2/s) is Kaur's 1.21 exactly: malignant-range at the cut-off
+    (<=), whether the map is classified as float32 voxels or as one float64 mean."""
+    from VertebralMarrowLib.core.adc import to_1e3
+
+    voxels = to_1e3(np.array([1210, 1211, 550, 551], np.int16), 1e-3)
+    assert voxels.dtype == np.float32
+    np.testing.assert_array_equal(classify_adc(voxels, 1.21, 0.0, marrow_max=0.55), [3, 1, 4, 3])
+    assert class_key(float(np.float64(1210) / 1000), 1.21, 0.0) == "malignant"
+    np.testing.assert_array_equal(classify_adc(np.float32([1.01, 1.41, 1.0099, 1.4101]), 1.21, 0.2), [2, 2, 3, 1])

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import DISCLAIMER, __version__
-from .core.adc import decide_adc_units, fit_adc_volume, select_bvalues, trace_weighted
+from .core.adc import decide_adc_units, to_1e3, fit_adc_volume, select_bvalues, trace_weighted
 from .core.criteria import Options
 from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
@@ -240,7 +240,7 @@ def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
     if study.adc is not None:
         raw = array_of(study.adc)
         decision = decide_adc_units(raw, is_integer_volume(study.adc), options.adc_units)
-        adc_map = (np.asarray(raw, np.float32) * np.float32(decision.scale_to_1e3)).astype(np.float32)
+        adc_map = to_1e3(raw, decision.scale_to_1e3)
         # Scanners store "no value" (background, failed fit) as 0: no tissue has an ADC of 0.
         adc_map[raw == 0] = np.nan
         return study.adc, adc_map, "scanner ADC map", decision.how, None, None

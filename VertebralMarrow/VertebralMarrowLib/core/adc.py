@@ -68,6 +68,16 @@ def decide_adc_units(values: np.ndarray, stored_as_integers: bool, requested: st
     return UnitDecision(unit, UNIT_SCALE_TO_1E3[unit], how)
 
 
+def to_1e3(raw: np.ndarray, scale_to_1e3: float) -> np.ndarray:
+    """A stored ADC map in 10^-3 mm^2/s as float32. A scale below 1 divides by its inverse, so
+    a scanner's 1210 (10^-6 mm^2/s) is exactly float32(1.21), which the class rule (comparing
+    at the map's own precision) puts at, not above, Kaur's 1.21 cut-off."""
+    values = np.asarray(raw, np.float32)
+    if scale_to_1e3 < 1.0:
+        return values / np.float32(round(1.0 / scale_to_1e3))
+    return values * np.float32(scale_to_1e3)
+
+
 def select_bvalues(bvalues_s_per_mm2: Sequence[float], bmin: Optional[float], bmax: Optional[float]) -> List[int]:
     """Indices of the b-values inside [bmin, bmax]; at least two distinct ones are needed."""
     b = np.asarray(bvalues_s_per_mm2, float)

@@ -49,12 +49,18 @@ def classify_adc(adc_1e3, cutoff: float, band: float, marrow_max: Optional[float
     band (band > 0) indeterminate. With `marrow_max`, values at or below it are in the
     normal-marrow range, which is neither malignant nor benign.
     """
-    values = np.asarray(adc_1e3, dtype=np.float64)
+    values = np.asarray(adc_1e3)
+    if values.dtype != np.float32:
+        values = values.astype(np.float64)
+    # Bounds at the values' own precision: a float32 map's 1.21 is float32(1.21), which a
+    # float64 1.21 would call benign.
+    as_values = values.dtype.type
+    cutoff = as_values(cutoff)
     codes = np.where(values <= cutoff, MALIGNANT.code, BENIGN.code).astype(np.uint8)
     if band > 0:
-        codes[np.abs(values - cutoff) <= band] = INDETERMINATE.code
+        codes[(values >= as_values(cutoff - band)) & (values <= as_values(cutoff + band))] = INDETERMINATE.code
     if marrow_max is not None:
-        codes[values <= marrow_max] = MARROW.code
+        codes[values <= as_values(marrow_max)] = MARROW.code
     codes[~np.isfinite(values)] = OUTSIDE.code
     return int(codes) if codes.ndim == 0 else codes
 
