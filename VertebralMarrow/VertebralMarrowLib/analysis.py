@@ -83,6 +83,8 @@ class AnalysisResult:
     options: Options
     inputs: Dict[str, str]
     rois_on_adc: SegmentsOnGrid      # the measured segments on the ADC grid, for pictures
+    # small ROIs measured on the voxels they partly cover: segment id -> flat ADC-grid indices
+    partial_voxels: Dict[str, np.ndarray] = field(default_factory=dict)
     disclaimer: str = DISCLAIMER
     version: str = __version__
 
@@ -169,6 +171,10 @@ def analyze(
         stats_map[no_signal & _mask_of(on_adc, dense)] = np.nan
     adc_stats = _per_segment(on_adc, lambda labels: roi_statistics(stats_map, labels, resolved.adc_cutoff))
     no_signal_fraction = _per_segment(on_adc, lambda labels: _fraction_of(no_signal, labels))
+    for sid in dense:
+        # Most voxels without DWI signal: the few left are noise, not an ADC to average.
+        if no_signal_fraction.get(sid, 0.0) >= 0.5 and sid in adc_stats:
+            adc_stats[sid] = {"n": 0, "n_nonfinite": adc_stats[sid].get("n", 0) + adc_stats[sid].get("n_nonfinite", 0)}
     partial = _measure_small_rois(scene, app, segmentation, adc_node, stats_map, adc_stats, on_adc, names,
                                   unmeasured, resolved, warnings)
     for sid, stats in adc_stats.items():
@@ -213,6 +219,7 @@ def analyze(
         rows=rows, segments=details, adc_node=adc_node, adc_map=adc_map, overlay=overlay,
         adc_source=adc_source, adc_units=adc_units, bvalues_used=bvalues_used,
         warnings=warnings, options=resolved, inputs=inputs, rois_on_adc=on_adc,
+        partial_voxels={sid: info["flat_indices"] for sid, info in partial.items()},
     )
 
 

@@ -127,11 +127,11 @@ LESIONS = (
     Lesion("L3 lesion", "metastasis_blastic", "L3", (8.0, 2.0, 3.0), 7.0),
     Lesion("L4 lesion", "pyogenic_spondylitis", "L4", (0.0, 3.0, -5.0), 6.0),
     Lesion("L5 lesion", "tuberculous_spondylitis", "L5", (6.0, 2.0, 5.0), 6.0),
-    Lesion("L4 island", "bone_island", "L4", (-11.0, -5.0, 5.0), 5.0),
-    Lesion("L5 island", "focal_fat", "L5", (-11.0, -4.0, -5.0), 5.0),
+    Lesion("L4 island", "bone_island", "L4", (-11.0, 3.0, 5.0), 5.0),
+    Lesion("L5 island", "focal_fat", "L5", (-11.0, 3.0, -5.0), 5.0),
     Lesion("L1 necrotic", "metastasis_lytic", "L1", (0.0, 2.0, -5.0), 7.0, core_radius_mm=5.0),
     # centred halfway between two 5-mm DWI slice planes (x = -7.5 and -2.5): no DWI voxel centre inside
-    Lesion("L2 focus", "metastasis_lytic", "L2", (-5.0, -8.0, -8.0), 2.4, small=True),
+    Lesion("L2 focus", "metastasis_lytic", "L2", (-5.0, 3.0, -8.0), 2.4, small=True),
 )
 REFERENCE = ("L3 normal", "L3", (-9.0, 0.0, -2.0), 6.0)
 DISC_ROI = ("L2/L3 disc", 10.0, 2.5)
@@ -341,8 +341,8 @@ def make_phantom(out_dir, seed: int = 0, progress=None) -> dict:
     # The scanner's own map: an ordinary least-squares fit over all b-values, stored as
     # integers in 10^-6 mm^2/s with the background set to 0, as scanners store it.
     scanner = fit_adc_volume(dwi, BVALUES, method="ols")
-    # Below three noise SDs at b = 0 the scanner stores no value (0), as scanners threshold noise.
-    scanner = np.where(np.isfinite(scanner) & (dwi[0] >= 3.0 * sigma), np.clip(scanner, 0.0, 4.0) * 1000.0, 0.0)
+    # Below four noise SDs at b = 0 the scanner stores no value (0), as scanners threshold noise.
+    scanner = np.where(np.isfinite(scanner) & (dwi[0] >= 4.0 * sigma), np.clip(scanner, 0.0, 4.0) * 1000.0, 0.0)
     files["adc"] = _write_volume(scene, np.round(scanner).astype(np.int16), grid, out / "adc_scanner.nrrd")
 
     report(0.75, "phantom: CT")

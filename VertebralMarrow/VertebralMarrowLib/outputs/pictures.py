@@ -152,8 +152,11 @@ class RoiVoxels:
         return values[np.isfinite(values)]
 
     def centre_ras(self, segment_id: str) -> np.ndarray:
-        """Centroid (RAS) of the segment's classed overlay voxels (all its voxels if none are)."""
+        """Centroid (RAS) of the segment's classed overlay voxels (all its voxels if none are; the
+        voxels it partly covers if it covers no voxel centre)."""
         flat = self.indices.get(segment_id, np.zeros(0, int))
+        if flat.size == 0:
+            flat = self.result.partial_voxels.get(segment_id, flat)
         classed = flat[self.result.overlay.ravel()[flat] > 0]
         flat = classed if classed.size else flat
         if flat.size == 0:
@@ -493,7 +496,7 @@ def _lesion_list(axes, result) -> None:
     axes.set_ylim(0, 1)
     lesions = result.lesion_rows
     axes.text(0.02, 0.985, "Lesion · mean ADC (×10⁻³ mm²/s) · class", fontsize=10, fontweight="bold", va="top")
-    step = min(0.075, 0.9 / max(len(lesions), 1))
+    step = min(0.075, 0.78 / max(len(lesions), 1))  # room below for the note
     for n, row in enumerate(lesions):
         y = 0.92 - n * step
         value = CLASS_OF_ROW.get(row["adc_class"])
@@ -503,8 +506,8 @@ def _lesion_list(axes, result) -> None:
         axes.text(0.62, y, _num(row["adc_mean"]), fontsize=10, va="center", ha="right", fontweight="bold")
         axes.text(0.67, y, BY_KEY[row["adc_class"]].label if row["adc_class"] in BY_KEY else row["adc_class"], fontsize=9.5, va="center")
     axes.text(0.02, 0.92 - len(lesions) * step - 0.02,
-              _plain(f"Class from the lesion's mean ADC in tiers about the cut-off {_num(result.options.adc_cutoff)}\n"
-                     "(Kaur 2020) after the fat, density and heterogeneity signs; see the report."),
+              _plain(f"Class: the fat, density and heterogeneity signs first,\n"
+                     f"then the mean ADC's tier (cut-off {_num(result.options.adc_cutoff)}, Kaur 2020)."),
               fontsize=8.5, color="#444444", va="top")
 
 
@@ -561,17 +564,17 @@ def _draw_legend(figure, width: int, height: int, result) -> None:
     cutoff, band = options.adc_cutoff, options.indeterminate_band
     handles = []
     if marrow_max:
-        handles.append(Patch(facecolor=_rgb(4), label=f"normal-marrow range: ≤ {_num(marrow_max)}"))
-    handles.append(Patch(facecolor=_rgb(3), label=f"malignant-range: ≤ {_num(cutoff - band)}"))
+        handles.append(Patch(facecolor=_rgb(4), label=f"normal marrow ≤ {_num(marrow_max)}"))
+    handles.append(Patch(facecolor=_rgb(3), label=f"malignant ≤ {_num(cutoff - band)}"))
     if band > 0:
-        handles.append(Patch(facecolor=_rgb(2), label=f"indeterminate: {_num(cutoff - band)}–{_num(cutoff + band)}"))
-    handles.append(Patch(facecolor=_rgb(1), label=f"benign-range: > {_num(cutoff + band)}"))
+        handles.append(Patch(facecolor=_rgb(2), label=f"indeterminate {_num(cutoff - band)}–{_num(cutoff + band)}"))
+    handles.append(Patch(facecolor=_rgb(1), label=f"benign > {_num(cutoff + band)}"))
     handles += [
         Line2D([], [], color="#222222", linewidth=1.6, label="lesion ROI"),
-        Line2D([], [], color=REFERENCE_COLOR, linewidth=1.6, linestyle="--", label="normal-marrow reference"),
+        Line2D([], [], color=REFERENCE_COLOR, linewidth=1.6, linestyle="--", label="reference ROI"),
     ]
     figure.legend(handles=handles, loc="lower left", bbox_to_anchor=(MARGIN_PX / width, 6 / height),
-                  ncol=len(handles), frameon=False, fontsize=9, handlelength=1.6, columnspacing=1.2)
+                  ncol=len(handles), frameon=False, fontsize=8.5, handlelength=1.3, columnspacing=0.9)
     figure.text(1.0 - MARGIN_PX / width, 38 / height, "ADC in ×10⁻³ mm²/s; overlay at 50 % opacity",
                 fontsize=8, color="#555555", ha="right", va="bottom")
 
