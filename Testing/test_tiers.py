@@ -110,6 +110,9 @@ def test_ct_at_885_favours_a_bone_island_below_it_a_blastic_metastasis():
 def test_a_dense_lesion_without_dwi_signal_says_so_rather_than_a_number():
     reading = read_lesion({"n": 0, "n_nonfinite": 30}, DEFAULTS, ct_mean_hu=500.0, no_dwi_signal_fraction=1.0)
     assert reading.adc_class == "n/a" and reading.text == "no DWI signal (sclerosis?), see CT"
+    # without a CT: a lesion mostly without signal says so too; a few missing voxels do not
+    assert read_lesion({"n": 0, "n_nonfinite": 30}, DEFAULTS, no_dwi_signal_fraction=0.9).text.startswith("no DWI signal")
+    assert read_lesion({"n": 0, "n_nonfinite": 3}, DEFAULTS, no_dwi_signal_fraction=0.1).text == "no ADC value in the ROI"
 
 
 def test_heterogeneous_roi_is_never_benign_on_its_mean():

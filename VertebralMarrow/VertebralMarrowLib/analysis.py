@@ -171,9 +171,10 @@ def analyze(
         stats_map[no_signal & _mask_of(on_adc, dense)] = np.nan
     adc_stats = _per_segment(on_adc, lambda labels: roi_statistics(stats_map, labels, resolved.adc_cutoff))
     no_signal_fraction = _per_segment(on_adc, lambda labels: _fraction_of(no_signal, labels))
-    for sid in dense:
-        # Most voxels without DWI signal: the few left are noise, not an ADC to average.
-        if no_signal_fraction.get(sid, 0.0) >= 0.5 and sid in adc_stats:
+    for sid in measured:
+        # A lesion mostly without DWI signal (sclerosis, with or without a CT to say so): the few
+        # voxels left are noise, not an ADC to average.
+        if roles[sid] == "lesion" and no_signal_fraction.get(sid, 0.0) >= 0.5 and sid in adc_stats:
             adc_stats[sid] = {"n": 0, "n_nonfinite": adc_stats[sid].get("n", 0) + adc_stats[sid].get("n_nonfinite", 0)}
     partial = _measure_small_rois(scene, app, segmentation, adc_node, stats_map, adc_stats, on_adc, names,
                                   unmeasured, resolved, warnings)
