@@ -37,6 +37,7 @@ test: $(TESTING)
 
 bench: $(RUNTIME)
 	$(BIN)/python bench/bench_adc.py
+	$(BIN)/python bench/bench_analyze.py
 	$(BIN)/python bench/bench_stats.py
 
 clean:

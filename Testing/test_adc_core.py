@@ -134,9 +134,12 @@ def test_volume_chunking_does_not_change_the_result(method):
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
     assert results[0].dtype == np.float32 and results[0].shape == shape
-    # and the fit is the voxel-wise fit
+    # and the float32 engine is the float64 fit of the same estimator: within 1e-4 (issue 11's
+    # bound, 10^-3 mm^2/s), NaN on exactly the same voxels
     flat = np.stack([v.astype(np.float64).ravel() for v in volumes])
-    np.testing.assert_allclose(results[0].ravel(), fit_adc(flat, B, method).astype(np.float32), rtol=1e-6)
+    reference = fit_adc(flat, B, method)
+    np.testing.assert_array_equal(np.isnan(results[0].ravel()), np.isnan(reference))
+    np.testing.assert_allclose(results[0].ravel(), reference, atol=1e-4, rtol=0)
 
 
 def test_volume_progress_reaches_one_and_shapes_are_checked():

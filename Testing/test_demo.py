@@ -3,6 +3,7 @@ the scene reloading headless with the same nodes."""
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -289,3 +290,13 @@ def test_demo_writes_every_interface_output(demo):
     for name in ("results.csv", "results.json", "overlay.nrrd", "overlay_colors.ctbl", "report.html", "VertebralMarrow.mrml"):
         assert (out / name).is_file(), name
     assert list(out.glob("*.png")), "snapshots and plots"
+
+
+def test_scene_references_the_input_volumes_instead_of_copying_them(demo):
+    """The scene points at the study's own files (never rewritten) and copies none of them."""
+    out, truth, _ = demo
+    scene_text = (out / "VertebralMarrow.mrml").read_text()
+    referenced = {(out / name).resolve() for name in re.findall(r'fileName="([^"]+)"', scene_text)}
+    for key in ("adc", "t1", "t2", "fs", "ct"):
+        assert (out / "study" / truth["files"][key]).resolve() in referenced, key
+        assert not (out / "scene-data" / truth["files"][key]).exists(), key

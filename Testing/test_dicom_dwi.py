@@ -662,3 +662,15 @@ def test_cli_dicom_folder_of_derived_maps_is_one_error_line(tmp_path, command):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "all derived maps" in lines[0], done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not never.exists()
+
+
+def test_a_series_come_out_short_names_the_files_it_skipped(tmp_path):
+    """A gzipped slice file (`.dcm.gz`) is skipped; the error about the missing image names it."""
+    import gzip
+
+    folder = series_folder("canon_galan_classic_dti") / "dicom"
+    names = sorted(p.name for p in folder.iterdir())
+    copy_files(folder, tmp_path, names[:4] + names[5:])
+    (tmp_path / (names[4] + ".gz")).write_bytes(gzip.compress((folder / names[4]).read_bytes()))
+    with pytest.raises(InputError, match=rf"a file may be missing \(files skipped: {re.escape(names[4])}\.gz: not a readable"):
+        read_dwi_dicom(tmp_path)

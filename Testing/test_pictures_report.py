@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from VertebralMarrowLib import DISCLAIMER
 from VertebralMarrowLib.analysis import analyze
+from VertebralMarrowLib.core.classes import CLASSES
 from VertebralMarrowLib.core.criteria import Options
 from VertebralMarrowLib.inputs.study import StudyFiles, load_study
 from VertebralMarrowLib.mrml import (
@@ -37,13 +38,8 @@ from VertebralMarrowLib.mrml import (
     write_node,
 )
 from VertebralMarrowLib.outputs.nodes import class_color_node, overlay_node
-from VertebralMarrowLib.outputs.pictures import (
-    VIEW_PIXELS,
-    SliceRenderer,
-    plot_nodes,
-    roi_outlines,
-    view_boxes,
-)
+from VertebralMarrowLib.outputs.charts import plot_nodes
+from VertebralMarrowLib.outputs.rendering import VIEW_PIXELS, SliceRenderer, roi_outlines, view_boxes
 from VertebralMarrowLib.outputs.report import write_report
 from VertebralMarrowLib.pipeline import run_analysis
 
@@ -106,6 +102,7 @@ class ReportParser(HTMLParser):
         super().__init__()
         self.links, self.text, self.figures = [], [], []
         self.lesion, self.heading, self.in_h3, self.figure_class = None, {}, False, None
+        self.bars, self.in_title = [], False  # inline SVG histograms: (lesion, fill, title text)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -121,22 +118,41 @@ class ReportParser(HTMLParser):
             self.figure_class = attrs.get("class", "")
         elif tag == "img":
             self.figures.append((self.lesion, self.figure_class, attrs["src"], attrs.get("alt", "")))
+        elif tag == "rect" and self.figure_class == "histogram":
+            self.bars.append([self.lesion, attrs.get("fill"), ""])
+        elif tag == "title" and self.figure_class == "histogram" and self.bars:
+            self.in_title = True
 
     def handle_endtag(self, tag):
-        if tag == "article":
+        if tag == "title":
+            self.in_title = False
+        elif tag == "figure":
+            self.figure_class = None
+        elif tag == "article":
             self.lesion = None
         elif tag == "h3":
             self.in_h3 = False
 
     def handle_data(self, data):
+        if self.in_title:
+            self.bars[-1][2] += data
+            return
         self.text.append(data)
         if self.in_h3 and self.lesion:
             self.heading[self.lesion] += data
 
-    def lesion_figures(self, name: str, kind: str) -> list:
+    def article(self, name: str) -> str:
         articles = [key for key, heading in self.heading.items() if heading.strip().startswith(name)]
         assert len(articles) == 1, f"one article for {name!r}, found {articles}"
-        return [src for lesion, cls, src, _ in self.figures if lesion == articles[0] and cls == kind]
+        return articles[0]
+
+    def lesion_figures(self, name: str, kind: str) -> list:
+        return [src for lesion, cls, src, _ in self.figures if lesion == self.article(name) and cls == kind]
+
+    def lesion_bars(self, name: str) -> list:
+        """(fill colour, voxel count) of each bar of the lesion's inline histogram."""
+        return [(fill, int(re.search(r": (\d+) voxels", title).group(1)))
+                for lesion, fill, title in self.bars if lesion == self.article(name)]
 
 
 # --- pixels -------------------------------------------------------------------------------
@@ -294,15 +310,16 @@ def _centre(name: str) -> np.ndarray:
 
 def test_without_matplotlib_snapshots_are_still_written(live, tmp_path, monkeypatch):
     """A bare Slicer has no matplotlib: the views are written by VTK alone and plots skipped."""
-    from VertebralMarrowLib.outputs import pictures
+    from VertebralMarrowLib.outputs import figures
 
-    monkeypatch.setattr(pictures, "_matplotlib_available", lambda: False)
-    written = pictures.write_pictures(live.scene, live.study, live.result, live.overlay, tmp_path)
+    monkeypatch.setattr(figures, "_matplotlib_available", lambda: False)
+    written = figures.write_pictures(live.scene, live.study, live.result, live.overlay, tmp_path)
     lesions = live.result.lesion_rows
-    assert {p.kind for p in written} == {"snapshot"}
-    assert len(written) == len(lesions) + 1
+    snapshots = [p for p in written if p.kind == "snapshot"]
+    assert {p.kind for p in written} == {"snapshot", "histogram"}  # histograms are SVG text, no library
+    assert len(snapshots) == len(lesions) + 1
     rows = {row["segment"]: row for row in lesions}
-    for picture in written:
+    for picture in snapshots:
         rgb = _rgb(picture.path)
         red, green = _class_pixels(rgb)
         assert rgb.std() > 20, picture.path.name
@@ -316,13 +333,16 @@ def test_without_matplotlib_snapshots_are_still_written(live, tmp_path, monkeypa
 
 
 def test_histograms_and_summary_plot_are_drawn(run):
+    """Each lesion's inline SVG histogram counts every one of its ADC voxels, in bars of its
+    class colour (the class table's) for lesions clear of the cut-off; the summary is a PNG."""
+    colours = {c.key: c.hex for c in CLASSES}
+    for row in _lesions(run.result):
+        bars = run.parsed.lesion_bars(row["segment"])
+        assert sum(count for _, count in bars) == row["n_voxels_adc"], row["segment"]
     for row in _lesions(run.result, clear_only=True):
-        (source,) = run.parsed.lesion_figures(row["segment"], "histogram")
-        rgb = _rgb(run.out / unquote(source))
-        red, green = _class_pixels(rgb)
-        assert rgb.std() > 20
-        bars = red if row["adc_class"] == "malignant" else green
-        assert bars.sum() > 200, f"{row['segment']}: histogram bars missing"
+        bars = run.parsed.lesion_bars(row["segment"])
+        own = sum(count for fill, count in bars if fill == colours[row["adc_class"]])
+        assert own > 0.8 * row["n_voxels_adc"], f"{row['segment']}: histogram bars not in the class colour"
     summary = [src for _, cls, src, _ in run.parsed.figures if cls == "summary"]
     assert len(summary) == 1
     rgb = _rgb(run.out / unquote(summary[0]))
@@ -410,7 +430,7 @@ def test_report_opens_with_the_summary_and_warnings_in_readable_words(run):
 
 
 def test_single_file_report_embeds_its_pictures(run, tmp_path):
-    from VertebralMarrowLib.outputs.pictures import Picture
+    from VertebralMarrowLib.outputs.rendering import Picture
 
     document = json.loads((run.out / "results.json").read_text(encoding="utf-8"))
     pictures = [Picture(path=path, kind="snapshot", segment="", caption=path.name) for path in sorted(run.out.glob("*.png"))[:2]]
@@ -475,12 +495,13 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
 
 def test_modules_import_fast_without_matplotlib():
     """pictures and report import matplotlib only when drawing (never pyplot's backend)."""
-    code = ("import sys, VertebralMarrowLib.outputs.pictures, VertebralMarrowLib.outputs.report; "
+    code = ("import sys, VertebralMarrowLib.outputs.rendering, VertebralMarrowLib.outputs.figures, "
+            "VertebralMarrowLib.outputs.charts, VertebralMarrowLib.outputs.report; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported at module level'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.parametrize("name", ["outputs/pictures.py", "outputs/report.py"])
+@pytest.mark.parametrize("name", ["outputs/rendering.py", "outputs/figures.py", "outputs/charts.py", "outputs/report.py"])
 def test_library_modules_parse_as_python_3_9(name):
     source = (LIB / name).read_text(encoding="utf-8")
     tree = ast.parse(source, feature_version=(3, 9))

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import DISCLAIMER, __version__
-from .core.adc import decide_adc_units, to_1e3, fit_adc_volume, select_bvalues, trace_weighted
+from .core.adc import decide_adc_units, fit_adc_volume, group_shells, select_bvalues, to_1e3
 from .core.criteria import Options
 from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
@@ -83,6 +83,8 @@ class AnalysisResult:
     options: Options
     inputs: Dict[str, str]
     rois_on_adc: SegmentsOnGrid      # the measured segments on the ADC grid, for pictures
+    # the same on every other volume's grid, by node ID: pictures reuse them, never re-export
+    rois_on_grids: Dict[str, SegmentsOnGrid] = field(default_factory=dict)
     # small ROIs measured on the voxels they partly cover: segment id -> flat ADC-grid indices
     partial_voxels: Dict[str, np.ndarray] = field(default_factory=dict)
     disclaimer: str = DISCLAIMER
@@ -133,11 +135,12 @@ def analyze(
     _check_coverage(on_adc, _per_segment(on_adc, _centre_counts), names, "the ADC map", resolved.min_voxels, warnings, unmeasured)
 
     signal_means: Dict[str, Dict[str, tuple]] = {}
+    on_grids: Dict[str, SegmentsOnGrid] = {}
     optional_volumes = [(s.key, getattr(study, s.key), s.label) for s in SEQUENCES]
     present = [entry for entry in optional_volumes if entry[1] is not None]
     for index, (key, node, label) in enumerate(present):
         step(0.5 + 0.3 * index / max(len(present), 1), f"ROIs on {label}")
-        on_grid = segments_on_grid(scene, app, segmentation, measured, node)
+        on_grid = on_grids[node.GetID()] = segments_on_grid(scene, app, segmentation, measured, node)
         values = array_of(node)
         means = _per_segment(on_grid, lambda labels: roi_means(values, labels))
         _check_coverage(on_grid, {sid: {"n": m[1]} for sid, m in means.items()}, names, label, resolved.min_voxels, warnings)
@@ -219,7 +222,7 @@ def analyze(
     return AnalysisResult(
         rows=rows, segments=details, adc_node=adc_node, adc_map=adc_map, overlay=overlay,
         adc_source=adc_source, adc_units=adc_units, bvalues_used=bvalues_used,
-        warnings=warnings, options=resolved, inputs=inputs, rois_on_adc=on_adc,
+        warnings=warnings, options=resolved, inputs=inputs, rois_on_adc=on_adc, rois_on_grids=on_grids,
         partial_voxels={sid: info["flat_indices"] for sid, info in partial.items()},
     )
 
@@ -260,7 +263,8 @@ def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
     adc_node = volume_from_array(scene, adc_map, grid, "ADC (fitted)")
     adc_node.SetAndObserveTransformNodeID(study.dwi[0].GetTransformNodeID())  # where the DWI really is
     adc_node.SetAttribute("VertebralMarrow.Units", "1e-3 mm2/s")
-    dropped = sorted(set(float(b) for b in study.bvalues) - set(bvalues))
+    dropped = sorted({float(b) for b in study.bvalues if (options.bmin is not None and b < options.bmin)
+                      or (options.bmax is not None and b > options.bmax)})
     if dropped:
         warnings.append(f"b-values left out of the fit: {', '.join(f'{b:g}' for b in dropped)} s/mm^2")
     method = "iteratively reweighted log-linear least squares" if options.fit_method == "iwls" else "ordinary log-linear least squares"
@@ -272,8 +276,9 @@ def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
 
 def fit_dwi_nodes(nodes: Sequence[object], bvalues: Sequence[float], method: str, bmin: Optional[float],
                   bmax: Optional[float], progress: Optional[Callable[[float, str], None]] = None):
-    """ADC map (10^-3 mm^2/s, on the grid of nodes[0]) and the b-values used, from DWI nodes:
-    b-values outside [bmin, bmax] left out, repeated b-values combined into the trace."""
+    """ADC map (10^-3 mm^2/s, on the grid of nodes[0]) and the b-values (shells) used, from DWI
+    nodes' own arrays: b-values outside [bmin, bmax] left out, images of one shell combined
+    into the trace inside the fit."""
     if len(nodes) != len(bvalues):
         raise InputError(f"{len(nodes)} DWI volumes but {len(bvalues)} b-values; give one b-value per volume")
     kept = select_bvalues(bvalues, bmin, bmax)
@@ -282,8 +287,9 @@ def fit_dwi_nodes(nodes: Sequence[object], bvalues: Sequence[float], method: str
         if (array_of(node).shape != shape or not np.allclose(ijk_to_ras_of(node), grid, atol=1e-3)
                 or node.GetTransformNodeID() != nodes[0].GetTransformNodeID()):
             raise InputError(f"DWI volume '{node.GetName()}' is not on the grid of '{nodes[0].GetName()}'; all b-values must share one grid")
-    volumes, used = trace_weighted([array_of(nodes[i]) for i in kept], [bvalues[i] for i in kept])
-    return fit_adc_volume(volumes, used, method, progress=progress), used
+    used = [bvalues[i] for i in kept]
+    adc = fit_adc_volume([array_of(nodes[i]) for i in kept], used, method, progress=progress)
+    return adc, group_shells(used)[0]
 
 
 def _per_segment(on_grid, statistics) -> Dict[str, object]:

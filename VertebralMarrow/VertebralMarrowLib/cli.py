@@ -22,13 +22,28 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(f"{message} (see {self.prog} --help)")
 
 
-def _progress(verbose: bool):
-    if not verbose:
+def _progress(verbose: bool, stream=None):
+    """One line on a terminal, redrawn in place: a bar, the rate, the time left and the step.
+    Nothing when the output is not a terminal (logs, pipes) or with --quiet."""
+    stream = stream or sys.stderr
+    if not verbose or not stream.isatty():
         return None
     start = time.monotonic()
+    drawn = [0.0]
 
     def report(fraction: float, text: str) -> None:
-        print(f"[{time.monotonic() - start:6.1f} s] {fraction:4.0%} {text}", file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if fraction < 1.0 and now - drawn[0] < 0.1:
+            return
+        drawn[0] = now
+        elapsed = now - start
+        rate = fraction / elapsed if elapsed > 0 else 0.0
+        left = f"{(1.0 - fraction) / rate:4.0f} s left" if 0 < fraction < 1 and rate > 0 else f"{elapsed:4.1f} s"
+        bar = "#" * int(24 * fraction) + "-" * (24 - int(24 * fraction))
+        stream.write(f"\r[{bar}] {fraction:4.0%} {100 * rate:5.1f} %/s {left}  {text[:40]:40s}")
+        if fraction >= 1.0:
+            stream.write("\n")
+        stream.flush()
 
     return report
 
@@ -101,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     adc = commands.add_parser("adc", help="fit the ADC map alone (float32, 10^-3 mm^2/s, on the DWI grid)")
     _add_dwi_arguments(adc, with_adc=False)
     adc.add_argument("--out", type=Path, required=True, help="output file, e.g. adc.nrrd")
+    adc.add_argument("--compress", action="store_true", help="compress the map (gzip); default: uncompressed, faster")
 
     phantom = commands.add_parser("phantom", help="write the synthetic spine study")
     phantom.add_argument("--out", type=Path, required=True)
@@ -139,15 +155,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _quiet_native_logs(command: str) -> None:
     """VTK's and ITK's own messages ("removing old version of file", coloured ERR| lines) are
     noise on a command line: the library's errors report every failure the analysis can
-    meet. -v keeps them. `adc` runs without vtk, so only SimpleITK is quietened there."""
+    meet. -v keeps them. `adc` runs without vtk, so only SimpleITK is quietened there, if used."""
+    if command == "adc":  # SimpleITK is imported only if a file needs it: quietened then
+        from .inputs.dwi_files import quiet_simpleitk
+
+        quiet_simpleitk()
+        return
     import SimpleITK
 
-    SimpleITK.ProcessObject.GlobalWarningDisplayOff()
-    if command != "adc":
-        import vtk
+    import vtk
 
-        vtk.vtkObject.GlobalWarningDisplayOff()
-        vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    SimpleITK.ProcessObject.GlobalWarningDisplayOff()
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
 
 
 def _with_flag(exc: InputError) -> str:
@@ -214,7 +234,8 @@ def _analyze(args, progress):
 def _fit_only(args, progress) -> int:
     from .pipeline import fit_adc_file
 
-    bvalues = fit_adc_file(_study_files(args), args.fit_method or "iwls", args.bmin, args.bmax, args.out, progress)
+    bvalues = fit_adc_file(_study_files(args), args.fit_method or "iwls", args.bmin, args.bmax, args.out, progress,
+                           args.compress)
     print(f"ADC map (float32, 10^-3 mm^2/s) from b = {', '.join(f'{b:g}' for b in bvalues)} s/mm^2 written to {args.out}")
     return 0
 

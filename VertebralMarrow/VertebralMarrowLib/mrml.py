@@ -20,6 +20,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
+from .inputs.dwi_files import ijk_to_ras_of_sitk
 
 ROLE_TAG = "VertebralMarrow.Role"
 ROLES = ("lesion", "reference", "disc", "muscle", "ignore")
@@ -110,16 +111,9 @@ def read_image_sitk(path, what: str = "image") -> Tuple[np.ndarray, np.ndarray]:
     except RuntimeError as exc:
         raise InputError(f"cannot read {what} {path}: {str(exc).strip().splitlines()[-1]}") from None
     array = sitk.GetArrayFromImage(image)
-    dimension = image.GetDimension()
-    if dimension == 4:
+    if image.GetDimension() == 4:
         array = np.moveaxis(array, 0, -1)  # (t, k, j, i) -> (k, j, i, t)
-    spacing = np.array(image.GetSpacing()[:3], float)
-    origin = np.array(image.GetOrigin()[:3], float)
-    direction = np.array(image.GetDirection(), float).reshape(dimension, dimension)[:3, :3]
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    ijk_to_ras = np.eye(4)
-    ijk_to_ras[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
-    ijk_to_ras[:3, 3] = lps_to_ras @ origin
+    ijk_to_ras = ijk_to_ras_of_sitk(image)
     return array, ijk_to_ras
 
 
@@ -310,10 +304,12 @@ class SegmentsOnGrid:
     outside_fraction: Dict[str, float]
 
 
-def segments_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, ids: Sequence[str], volume_node) -> SegmentsOnGrid:
+def segments_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, ids: Sequence[str], volume_node,
+                     with_outside: bool = True) -> SegmentsOnGrid:
     """Export segments onto `volume_node`'s own grid (origin, spacing, direction and parent
     transforms) with Slicer's segmentation logic, one labelmap per overlap layer so that
-    overlapping segments each keep all their voxels."""
+    overlapping segments each keep all their voxels; and (`with_outside`) the fraction of each
+    segment lying outside the volume."""
     logic = _segmentations_logic(scene, app)
     segmentation = segmentation_node.GetSegmentation()
     wanted = set(ids)
@@ -335,7 +331,7 @@ def segments_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, ids: 
             labels.append(np.array(slicer.util.arrayFromVolume(labelmap)))
         finally:
             _remove_with_helpers(scene, labelmap)
-    outside = {sid: _fraction_outside(segmentation_node, sid, volume_node) for sid in ids}
+    outside = _fractions_outside(segmentation_node, ids, volume_node) if with_outside else {}
     return SegmentsOnGrid(labels, layers, outside)
 
 
@@ -393,33 +389,46 @@ def _remove_with_helpers(scene, labelmap_node) -> None:
     scene.RemoveNode(labelmap_node)
 
 
-def _fraction_outside(segmentation_node, segment_id: str, volume_node) -> float:
-    """Fraction of the segment's own voxels whose centres fall outside the volume's extent."""
-    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-    image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
-    if image is None or image.GetPointData().GetScalars() is None:
-        return 0.0  # a surface-only segment: unknown here; an empty export still raises
-    extent = image.GetExtent()
-    dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
-    if min(dims) <= 0:
-        return 1.0
-    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
-    label_value = segment.GetLabelValue()
-    k, j, i = np.nonzero(values == label_value)
-    if k.size == 0:
-        return 1.0
-    image_to_world = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(image_to_world)
-    seg_ijk_to_ras = np.array([[image_to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
-    points = np.vstack([i + extent[0], j + extent[2], k + extent[4], np.ones_like(i)]).astype(float)
-    world = seg_ijk_to_ras @ points
-    world = _transform_between(segmentation_node, volume_node, world)
-    target_ijk = np.linalg.inv(ijk_to_ras_of(volume_node)) @ world
+def _fractions_outside(segmentation_node, ids: Sequence[str], volume_node) -> Dict[str, float]:
+    """Per segment, the fraction of its own voxels whose centres fall outside the volume's
+    extent. Segments of one layer share one labelmap: each is scanned and mapped once."""
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segmentation = segmentation_node.GetSegmentation()
+    by_image: Dict[int, Tuple[object, List[str]]] = {}
+    fractions: Dict[str, float] = {}
+    for sid in ids:
+        image = segmentation.GetSegment(sid).GetRepresentation(name)
+        if image is None or image.GetPointData().GetScalars() is None:
+            fractions[sid] = 0.0  # a surface-only segment: unknown here; an empty export still raises
+            continue
+        by_image.setdefault(id(image), (image, []))[1].append(sid)
+    to_volume_ijk = np.linalg.inv(ijk_to_ras_of(volume_node))
     shape_kji = array_of(volume_node).shape
-    inside = np.ones(points.shape[1], bool)
-    for axis, size in enumerate(shape_kji[::-1]):
-        inside &= (target_ijk[axis] > -0.5) & (target_ijk[axis] < size - 0.5)
-    return float(1.0 - inside.mean())
+    for image, members in by_image.values():
+        extent = image.GetExtent()
+        dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+        if min(dims) <= 0:
+            fractions.update({sid: 1.0 for sid in members})
+            continue
+        values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+        wanted = np.array([segmentation.GetSegment(sid).GetLabelValue() for sid in members])
+        flat = np.flatnonzero(np.isin(values, wanted))
+        labels = values.ravel()[flat]
+        k, j, i = np.unravel_index(flat, values.shape)
+        image_to_world = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(image_to_world)
+        seg_ijk_to_ras = np.array([[image_to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+        points = np.vstack([i + extent[0], j + extent[2], k + extent[4], np.ones_like(i)]).astype(float)
+        world = _transform_between(segmentation_node, volume_node, seg_ijk_to_ras @ points)
+        target_ijk = to_volume_ijk @ world
+        inside = np.ones(points.shape[1], bool)
+        for axis, size in enumerate(shape_kji[::-1]):
+            inside &= (target_ijk[axis] > -0.5) & (target_ijk[axis] < size - 0.5)
+        for sid, value in zip(members, wanted):
+            mine = labels == value
+            count = int(mine.sum())
+            fractions[sid] = float(1.0 - inside[mine].sum() / count) if count else 1.0
+    return fractions
 
 
 def _transform_between(segmentation_node, volume_node, points_ras: np.ndarray) -> np.ndarray:

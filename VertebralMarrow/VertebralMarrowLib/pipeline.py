@@ -1,20 +1,24 @@
 """Whole runs from files: analyse a study into an output folder, fit an ADC map alone, and
-the demo (synthetic study, then the analysis). Used by the CLI and by researchers' scripts."""
+the demo (synthetic study, then the analysis). Used by the CLI and by researchers' scripts.
+
+`fit_adc_file` runs on numpy and SimpleITK alone (no vtk, no MRML): MRML is imported by the
+runs that need it, inside them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
-from .analysis import AnalysisResult, analyze, fit_dwi_nodes
+import numpy as np
+
 from .core.criteria import Options
 from .errors import InputError
-from .outputs.folder import write_output_folder
-from .mrml import ijk_to_ras_of, new_scene, volume_from_array, write_node
-from .inputs.study import StudyFiles, load_dwi, load_dwi_dicom, load_study
+
+if TYPE_CHECKING:
+    from .analysis import AnalysisResult
+    from .inputs.study import StudyFiles
 
 Progress = Optional[Callable[[float, str], None]]
-VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
 def _scaled(progress: Progress, start: float, stop: float) -> Progress:
@@ -27,6 +31,11 @@ def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progres
                  single_file_report: bool = False) -> AnalysisResult:
     """Load the study, analyse it and write every output into `out_dir` (`single_file_report`:
     report.html with its pictures inside)."""
+    from .analysis import analyze
+    from .inputs.study import load_study
+    from .mrml import new_scene
+    from .outputs.folder import write_output_folder
+
     app = new_scene()
     study = load_study(app, files)
     result = analyze(app.scene, study, options, app=app, progress=_scaled(progress, 0.0, 0.5))
@@ -37,6 +46,7 @@ def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progres
 
 def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResult:
     """The synthetic study into out_dir/study, then the analysis of it into out_dir."""
+    from .inputs.study import StudyFiles
     from .phantom import make_phantom
 
     out = Path(out_dir)
@@ -51,19 +61,34 @@ def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResul
 
 
 def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Optional[float], out_path,
-                 progress: Progress = None) -> List[float]:
-    """Fit DWI into an ADC map file (float32, 10^-3 mm^2/s, DWI grid); return the b-values used."""
-    if method not in ("iwls", "ols"):
-        raise InputError(f"fit method '{method}' unknown; use iwls or ols")
-    if not str(out_path).lower().endswith(VOLUME_SUFFIXES):
-        raise InputError(f"--out {out_path}: write the ADC map as one of {', '.join(VOLUME_SUFFIXES)}")
-    app = new_scene()
+                 progress: Progress = None, compress: bool = False) -> List[float]:
+    """Fit DWI into an ADC map file (float32, 10^-3 mm^2/s, DWI grid, the unit in the file);
+    return the b-values (shells) used. A map without one finite voxel is an error, not written."""
+    from .core.adc import _check_method, fit_adc_volume, group_shells, select_bvalues
+    from .outputs.map_file import check_map_path, write_map
+
+    _check_method(method)
+    check_map_path(out_path)
     if files.dwi:
-        nodes, bvalues = load_dwi(app.scene, files.dwi, files.bvalues)
+        from .inputs.dwi_files import read_dwi_files
+
+        dwi = read_dwi_files(files.dwi, files.bvalues)
+        volumes, bvalues, ijk_to_ras = dwi.volumes, dwi.bvalues, dwi.ijk_to_ras
     else:
-        nodes, bvalues = load_dwi_dicom(app.scene, files.dwi_dicom)
-    adc, used = fit_dwi_nodes(nodes, bvalues, method, bmin, bmax, progress)
-    node = volume_from_array(app.scene, adc, ijk_to_ras_of(nodes[0]), Path(out_path).stem)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    write_node(app.scene, node, out_path)
-    return used
+        from .inputs.dicom_dwi import read_dwi_dicom
+
+        series = read_dwi_dicom(files.dwi_dicom)
+        volumes, bvalues, ijk_to_ras = series.volumes, series.bvalues, series.ijk_to_ras
+    kept = select_bvalues(bvalues, bmin, bmax)
+    used = [bvalues[i] for i in kept]
+    adc = fit_adc_volume([volumes[i] for i in kept], used, method, progress)
+    if not _any_finite(adc):
+        raise InputError(f"the ADC fit gave no finite voxel (b = {', '.join(f'{b:g}' for b in used)} s/mm^2): "
+                         "every voxel lacks positive signal at two b-values; is this DWI?")
+    write_map(out_path, adc, ijk_to_ras, compress=compress)
+    return group_shells(used)[0]
+
+
+def _any_finite(array, chunk: int = 1 << 20) -> bool:
+    flat = array.reshape(-1)
+    return any(np.isfinite(flat[start:start + chunk]).any() for start in range(0, flat.size, chunk))

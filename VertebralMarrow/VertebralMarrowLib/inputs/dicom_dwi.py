@@ -20,9 +20,11 @@ Runs in Slicer's Python 3.9 with numpy and pydicom only.
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ..core.adc import trace_weighted
+from ..core.adc import group_shells, trace_weighted
 from ..errors import InputError
 
 # ImageType / FrameType values that mark an image computed by the scanner, not acquired.
@@ -45,6 +47,7 @@ TRACE_TYPES = {"TRACEW", "TRACE", "ISOTROPIC"}
 NEAR_ZERO_BVALUE = 1.0
 # Two images whose positions along the slice normal differ by less than this share a slice.
 SAME_SLICE_MM = 0.05
+SKIPPED_SHOWN = 5  # skipped files named in an error, the rest counted
 BVALUE_TAGS = (
     "(0018,9087) DiffusionBValue, Siemens (0019,100C) or CSA B_value, "
     "GE (0043,1039), Philips (2001,1003)"
@@ -114,19 +117,28 @@ class _Scan:
 
 
 def read_dwi_dicom(folder) -> DwiSeries:
-    """Read the diffusion series in `folder` (searched recursively) into trace-weighted volumes."""
+    """Read the diffusion series in `folder` (searched recursively) into trace-weighted volumes,
+    one per shell (b-values that differ by rounding are one, adc.group_shells)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"DICOM folder {folder} does not exist or is not a folder")
-    scan = _Scan()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        _read_file(path, path.relative_to(folder).as_posix(), scan)
+    # pydicom's warnings and log messages about real scanners' headers are not the user's
+    # business; what was set aside is said in `skipped` and in errors.
+    with warnings.catch_warnings(), _quiet_pydicom_log():
+        warnings.simplefilter("ignore")
+        scan = _Scan()
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            _read_file(path, path.relative_to(folder).as_posix(), scan)
+        return _series(scan, folder)
+
+
+def _series(scan: "_Scan", folder: Path) -> DwiSeries:
     _explain_if_nothing_usable(scan, folder)
     images = _choose_trace_or_originals(scan.images, scan.skipped)
     images = _drop_isotropic_where_directional(images, scan.skipped)
     _require_one_series(images, folder)
     _require_same_grid(images, folder)
-    bvalues = sorted({image.bvalue for image in images})
+    bvalues, shells = group_shells([image.bvalue for image in images])
     if len(bvalues) < 2:
         trace = _trace_label(images)
         what = f", in the scanner's trace images ({trace}) and no b=0 image" if trace else ""
@@ -135,12 +147,19 @@ def read_dwi_dicom(folder) -> DwiSeries:
             f"DICOM series in {folder} has only one b-value ({bvalues[0]:g}){what}; "
             f"an ADC fit needs at least two{hint}"
         )
-    slice_of, slice_positions = _slice_layout(images, folder)
-    volumes, counts = [], []
-    for bvalue in bvalues:
-        at_b = [image for image in images if image.bvalue == bvalue]
-        volumes.append(_trace_volume(at_b, slice_of, len(slice_positions), folder))
-        counts.append(len({image.stored_image for image in at_b}))
+    try:
+        slice_of, slice_positions = _slice_layout(images, folder)
+        volumes, counts = [], []
+        for members in shells:
+            at_b = [images[i] for i in members]
+            volumes.append(_trace_volume(at_b, slice_of, len(slice_positions), folder))
+            counts.append(len({image.stored_image for image in at_b}))
+    except InputError as exc:  # a series come out short: the files set aside may be the missing ones
+        if not scan.skipped:
+            raise
+        shown = "; ".join(scan.skipped[:SKIPPED_SHOWN]) + (f" and {len(scan.skipped) - SKIPPED_SHOWN} more"
+                                                           if len(scan.skipped) > SKIPPED_SHOWN else "")
+        raise InputError(f"{exc} (files skipped: {shown})") from None
     return DwiSeries(
         volumes=volumes,
         bvalues=[float(b) for b in bvalues],
@@ -149,6 +168,17 @@ def read_dwi_dicom(folder) -> DwiSeries:
         skipped=scan.skipped,
         images_per_bvalue=counts,
     )
+
+
+@contextmanager
+def _quiet_pydicom_log():
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -548,7 +578,7 @@ def _trace_volume(images: list, slice_of: dict, slice_count: int, folder: Path) 
 def _combined(stack: list) -> np.ndarray:
     """The images of one slice at one b-value as one: adc.trace_weighted's geometric mean, with
     a stored 0 read as "below one stored unit" (floored there) rather than as missing."""
-    combined, _ = trace_weighted([image.pixels for image in stack], [image.bvalue for image in stack],
+    combined, _ = trace_weighted([image.pixels for image in stack], [0.0] * len(stack),  # one shell already
                                  floors=[image.signal_step for image in stack])
     return combined[0]
 

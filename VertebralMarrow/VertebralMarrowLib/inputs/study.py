@@ -1,17 +1,21 @@
-"""A study from files: paths in, MRML nodes out (the CLI's and plain Python's front door)."""
+"""A study from files: paths in, MRML nodes out (the CLI's and plain Python's front door).
+
+MRML is imported inside the loaders, so that StudyFiles and the parsers serve the `adc`
+command, which runs without vtk."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-from ..analysis import StudyNodes
 from ..core.sequences import SEQUENCES
 from ..errors import InputError
-from ..mrml import HeadlessApp, load_segmentation, load_volume, read_image_sitk, volume_from_array
+from .dwi_files import read_dwi_files
+
+if TYPE_CHECKING:
+    from ..analysis import StudyNodes
+    from ..mrml import HeadlessApp
 
 
 @dataclass
@@ -62,6 +66,9 @@ def parse_bvalues(text: str) -> List[float]:
 
 def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
     """Load every given file into `app.scene` and return the study's nodes."""
+    from ..analysis import StudyNodes
+    from ..mrml import load_segmentation, load_volume
+
     scene = app.scene
     given = [flag for flag, value in (("--adc", files.adc), ("--dwi", files.dwi), ("--dwi-dicom", files.dwi_dicom)) if value]
     if not given:
@@ -86,16 +93,15 @@ def load_study(app: HeadlessApp, files: StudyFiles) -> StudyNodes:
 def load_dwi(scene, paths: Sequence[Path], bvalues: Sequence[float]) -> Tuple[list, List[float]]:
     """DWI volumes and their b-values: several 3-D files with --bvalues in the same order, or
     one 4-D file (b-values along the last axis) with --bvalues or its own metadata."""
+    from ..mrml import load_volume, volume_from_array
+
     paths = [Path(p) for p in paths]
     if len(paths) == 1:
-        array, ijk_to_ras = read_image_sitk(paths[0], "DWI")
-        if array.ndim == 4:
-            values = list(bvalues) or bvalues_from_metadata(paths[0], array.shape[-1])
-            if len(values) != array.shape[-1]:
-                raise InputError(f"4-D DWI {paths[0]} has {array.shape[-1]} volumes but {len(values)} b-values were given")
-            nodes = [volume_from_array(scene, np.ascontiguousarray(array[..., n]), ijk_to_ras, f"DWI b={values[n]:g}")
-                     for n in range(array.shape[-1])]
-            return nodes, [float(v) for v in values]
+        dwi = read_dwi_files(paths, bvalues)  # a 4-D file, mapped or viewed: copied once, into the nodes
+        if len(dwi.volumes) > 1:
+            nodes = [volume_from_array(scene, volume, dwi.ijk_to_ras, f"DWI b={b:g}")
+                     for volume, b in zip(dwi.volumes, dwi.bvalues)]
+            return nodes, dwi.bvalues
     if not bvalues:
         raise InputError("--dwi with 3-D files needs --bvalues, one per file in the same order (e.g. --bvalues 0,50,400,800)")
     if len(bvalues) != len(paths):
@@ -103,45 +109,10 @@ def load_dwi(scene, paths: Sequence[Path], bvalues: Sequence[float]) -> Tuple[li
     return [load_volume(scene, path, "DWI") for path in paths], [float(v) for v in bvalues]
 
 
-def bvalues_from_metadata(path: Path, count: int) -> List[float]:
-    """b-values of a 4-D DWI from a Slicer/NRRD DWMRI header or an FSL `.bval` beside it."""
-    sidecar = _bval_sidecar(path)
-    if sidecar is not None:
-        values = [float(v) for v in sidecar.read_text().split()]
-        if len(values) == count:
-            return values
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    keys = set(reader.GetMetaDataKeys())
-    if "DWMRI_b-value" in keys:
-        b_max = float(reader.GetMetaData("DWMRI_b-value"))
-        values = []
-        for n in range(count):
-            key = f"DWMRI_gradient_{n:04d}"
-            if key not in keys:
-                break
-            gradient = np.array([float(g) for g in reader.GetMetaData(key).split()])
-            values.append(b_max * float(gradient @ gradient))
-        if len(values) == count:
-            return values
-    raise InputError(f"4-D DWI {path} carries no b-values (no DWMRI header, no .bval beside it); give --bvalues")
-
-
-def _bval_sidecar(path: Path) -> Optional[Path]:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha"):
-        if name.lower().endswith(suffix):
-            candidate = path.with_name(name[: -len(suffix)] + ".bval")
-            return candidate if candidate.is_file() else None
-    return None
-
-
 def load_dwi_dicom(scene, folder: Path) -> Tuple[list, List[float]]:
     """DWI volumes (trace-weighted, one per b-value) and b-values read from DICOM headers."""
     from ..inputs.dicom_dwi import read_dwi_dicom
+    from ..mrml import volume_from_array
 
     series = read_dwi_dicom(folder)
     nodes = [volume_from_array(scene, volume, series.ijk_to_ras, f"DWI b={b:g}")

@@ -24,7 +24,8 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
                         single_file_report: bool = False) -> List[Path]:
     """Write every output of the interface into `out_dir`; return the files written.
     `single_file_report` embeds the pictures in report.html."""
-    from .pictures import plot_nodes, write_pictures
+    from .charts import plot_nodes
+    from .figures import write_pictures
     from .report import write_report
 
     out = Path(out_dir)
@@ -46,14 +47,17 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
 
     step(0.2, "snapshots and plots")
     pictures = write_pictures(scene, study, result, overlay, out, progress=lambda f, t: step(0.2 + 0.6 * f, t))
-    written += [picture.path for picture in pictures]
+    written += [picture.path for picture in pictures if picture.path is not None]
 
     step(0.8, "report")
     written.append(write_report(out / "report.html", result_document(result), pictures, single_file=single_file_report))
 
     step(0.9, "scene")
     adc_colors = adc_color_node(scene)
-    adc_map = adc_map_node(scene, result, adc_colors)
+    # A fitted map is the analysis's own node: shown through the colour map and written once
+    fitted = result.adc_node if study.adc is None else None
+    adc_map = adc_map_node(scene, result, adc_colors, node=fitted)
+    adc_map.SetName(ADC_MAP_NAME)
     color_segments_by_class(study.segmentation, result)  # the scene's copy; the input file is untouched
     charts = plot_nodes(scene, result)
     chart_tables = [chart.GetNthPlotSeriesNode(i).GetTableNode()
@@ -64,11 +68,14 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
 
 
 def save_scene(scene, study: StudyNodes, result: AnalysisResult, out: Path, *extra_nodes) -> Path:
-    """Save a Slicer scene: the .mrml in `out`, each node's data under scene-data/."""
+    """Save a Slicer scene: the .mrml in `out`. Input volumes read from files are referenced
+    where they are (absolute paths; never rewritten); the rest is written once under
+    scene-data/, volumes uncompressed (gzip costs more time than it saves space here)."""
     data = out / SCENE_DATA
     data.mkdir(exist_ok=True)
     volumes = [study.adc, *(getattr(study, s.key) for s in SEQUENCES), *study.dwi,
                result.adc_node if study.adc is None else None]
+    inputs = {node.GetID() for node in volumes[:-1] if node is not None}
     nodes = [node for node in volumes if node is not None] + [study.segmentation] + [n for n in extra_nodes if n is not None]
     seen = set()
     for node in nodes:
@@ -76,8 +83,13 @@ def save_scene(scene, study: StudyNodes, result: AnalysisResult, out: Path, *ext
             continue
         seen.add(node.GetID())
         storage = node.GetStorageNode()
-        written_here = storage is not None and Path(storage.GetFileName() or "").parent == out
-        if not written_here:  # inputs are copied in so that the folder stands on its own
+        source = Path(storage.GetFileName() or "") if storage is not None else None
+        if node.GetID() in inputs and source is not None and source.is_file():
+            storage.SetFileName(str(source.resolve()))  # the input file itself
+            continue
+        if source is None or source.parent != out:
+            if node.IsA("vtkMRMLVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                _uncompressed(scene, node)
             write_node(scene, node, data / _file_name(node))
         storage = node.GetStorageNode()
         storage.SetFileName(str(Path(storage.GetFileName()).relative_to(out)))
@@ -106,6 +118,15 @@ def _show_in_slice_views(scene, study: StudyNodes, result: AnalysisResult, nodes
             composite.SetLabelVolumeID(overlay.GetID())
             composite.SetLabelOpacity(0.5)
         scene.AddNode(composite)
+
+
+def _uncompressed(scene, node) -> None:
+    storage = node.GetStorageNode()
+    if storage is None:
+        storage = node.CreateDefaultStorageNode()
+        scene.AddNode(storage)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+    storage.SetUseCompression(0)
 
 
 def _file_name(node) -> str:

@@ -344,7 +344,10 @@ def _footer(document: dict) -> str:
 
 
 def _figure(picture, folder: Optional[Path]) -> str:
-    """The picture by its path relative to the page, or embedded as data when `folder` is None."""
+    """The picture by its path relative to the page, or embedded as data when `folder` is None;
+    inline SVG (histograms) as it is."""
+    if getattr(picture, "svg", ""):
+        return f"<figure class=\"{_e(picture.kind)}\">{picture.svg}<figcaption>{_e(picture.caption)}</figcaption></figure>"
     if folder is None:
         data = base64.b64encode(Path(picture.path).read_bytes()).decode("ascii")
         source = f"data:{mimetypes.guess_type(str(picture.path))[0] or 'image/png'};base64,{data}"
@@ -448,7 +451,7 @@ td.class.reference { background: #e3f1fa; border-left-color: var(--reference); c
 table.glance td, table.glance th { font-size: 14px; }
 table.glance a { color: inherit; font-weight: 600; }
 figure { margin: 14px 0; break-inside: avoid; page-break-inside: avoid; }
-figure img { display: block; max-width: 100%%; height: auto; border: 1px solid var(--line); }
+figure img, figure svg { display: block; max-width: 100%%; height: auto; border: 1px solid var(--line); }
 figcaption { font-size: 13px; margin-top: 5px; }
 article.lesion { border: 1px solid var(--line); border-radius: 6px; padding: 16px 18px; margin: 18px 0; }
 .pair { display: grid; grid-template-columns: minmax(280px, 1fr) minmax(300px, 1.25fr); gap: 18px; align-items: start; }
