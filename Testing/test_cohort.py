@@ -9,15 +9,19 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 import sys
 from fractions import Fraction
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
 
 from VertebralMarrowLib import DISCLAIMER
-from VertebralMarrowLib.cohort import cohort_statistics, read_cohort_csv, run_cohort
+from VertebralMarrowLib.cohort import run_cohort
+from VertebralMarrowLib.core.cohort import cohort_statistics, confidence_intervals
+from VertebralMarrowLib.inputs.cohort_table import read_cohort_csv
 from VertebralMarrowLib.errors import InputError
 
 COHORT_PY = Path(__file__).resolve().parents[1] / "VertebralMarrow" / "VertebralMarrowLib" / "cohort.py"
@@ -155,6 +159,135 @@ def test_perfect_separation_gives_auc_one_and_reverse_gives_zero():
     assert cohort_statistics(np.full(11, 1.0), malignant, 1.21)["auc"] == 0.5
 
 
+# --- confidence intervals --------------------------------------------------------------
+
+
+def wilson(k, n, z=NormalDist().inv_cdf(0.975)):
+    """Wilson score interval written out from its formula (Wilson 1927; Newcombe 1998, method 3)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def test_kaur_table_intervals_match_independent_values(tmp_path):
+    result = run_cohort(write_csv(tmp_path / "kaur.csv", kaur_rows()), tmp_path / "out")
+    # Sensitivity 35/35: the Wilson lower bound reduces to n / (n + z^2) = 35 / 38.8415 = 0.9011.
+    assert result["sensitivity_ci"][0] == pytest.approx(35 / (35 + 1.959964 ** 2), abs=1e-6)
+    assert result["sensitivity_ci"][0] == pytest.approx(0.9011, abs=1e-4)
+    assert result["sensitivity_ci"][1] == pytest.approx(1.0)
+    # Specificity 60/65 = 92.3 %: Wilson 0.8322-0.9667 (by hand: centre 0.8995, half-width 0.0672).
+    assert result["specificity_ci"] == pytest.approx(list(wilson(60, 65)), abs=1e-9)
+    assert result["specificity_ci"] == pytest.approx([0.8322, 0.9667], abs=1e-4)
+    assert result["ppv"] == pytest.approx(35 / 40) and result["npv"] == 1.0
+    assert result["ppv_ci"] == pytest.approx(list(wilson(35, 40)), abs=1e-9)
+    assert result["npv_ci"] == pytest.approx(list(wilson(60, 60)), abs=1e-9)
+    assert result["ci_level"] == 0.95 and "Wilson" in result["ci_method"]["proportions"]
+    low, high = result["auc_ci"]
+    assert low <= result["auc"] <= high <= 1.0
+    low, high = result["youden_cutoff_ci"]
+    assert low <= result["youden_cutoff"] <= high
+
+
+def test_exact_intervals_are_clopper_pearson(tmp_path):
+    from scipy.stats import beta
+
+    result = run_cohort(write_csv(tmp_path / "kaur.csv", kaur_rows()), tmp_path / "out", ci_method="exact")
+    # All 35 positive: the exact lower bound solves p^35 = 0.025.
+    assert result["sensitivity_ci"] == pytest.approx([0.025 ** (1 / 35), 1.0], abs=1e-9)
+    # 60 of 65: the Clopper-Pearson bounds are quantiles of the beta distribution.
+    assert result["specificity_ci"] == pytest.approx([beta.ppf(0.025, 60, 6), beta.ppf(0.975, 61, 5)], abs=1e-9)
+    assert "Clopper-Pearson" in result["ci_method"]["proportions"]
+
+
+def test_auc_interval_width_agrees_with_hanley_mcneil():
+    """The bootstrap interval of a large cohort is about +-1.96 standard errors of Hanley and
+    McNeil 1982 (their closed-form SE of the Mann-Whitney AUC)."""
+    adc, malignant = random_cohort(21, 150, 200, 3)
+    stats = cohort_statistics(adc, malignant, 1.21)
+    intervals = confidence_intervals(stats, adc, malignant)
+    auc, n1, n2 = stats["auc"], int(malignant.sum()), int((~malignant).sum())
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    se = math.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc * auc) + (n2 - 1) * (q2 - auc * auc)) / (n1 * n2))
+    low, high = intervals["auc_ci"]
+    assert low < auc < high
+    assert (high - low) == pytest.approx(2 * 1.96 * se, rel=0.2)
+    assert intervals == confidence_intervals(stats, adc, malignant)  # seeded: a rerun gives the same
+
+
+def test_youden_interval_covers_the_gap_between_separated_groups():
+    malignant = np.array([True] * 20 + [False] * 20)
+    adc = np.r_[np.linspace(0.5, 0.9, 20), np.linspace(1.5, 2.0, 20)]
+    stats = cohort_statistics(adc, malignant, 1.21)
+    intervals = confidence_intervals(stats, adc, malignant)
+    # Every resample separates perfectly; the Youden cut-off is then the resample's highest
+    # malignant ADC, which lies among the malignant values near the top.
+    low, high = intervals["youden_cutoff_ci"]
+    assert 0.7 < low <= high == pytest.approx(0.9)
+    assert intervals["auc_ci"] == [1.0, 1.0]
+
+
+def test_entity_fraction_interval(tmp_path):
+    rows = [(f"m{i}", 0.8, "malignant", "metastasis_lytic") for i in range(4)] + [
+        ("m4", 1.5, "malignant", "metastasis_lytic"), ("b0", 1.9, "benign", "hemangioma")]
+    out = tmp_path / "out"
+    result = run_cohort(write_csv(tmp_path / "c.csv", rows), out)
+    metastasis = next(item for item in result["entities"] if item["entity"] == "metastasis_lytic")
+    assert metastasis["fraction_called_malignant_ci"] == pytest.approx(list(wilson(4, 5)), abs=1e-9)
+    with (out / "cohort_entities.csv").open(newline="") as handle:
+        table = {row["entity"]: row for row in csv.DictReader(handle)}
+    assert float(table["metastasis_lytic"]["fraction_called_malignant_ci_low"]) == pytest.approx(wilson(4, 5)[0], abs=1e-4)
+    # One benign lesion cannot be resampled: no bootstrap interval, and cohort.json says why.
+    assert result["auc_ci"] is None and result["youden_cutoff_ci"] is None
+    assert any("bootstrap" in note and "benign" in note for note in result["notes"])
+
+
+# --- batch's lesion table -------------------------------------------------------------
+
+
+def test_reads_batch_lesion_table_and_leaves_out_rows_without_truth_or_adc(tmp_path):
+    path = tmp_path / "lesions.csv"
+    path.write_text(
+        "study,segment,role,adc_mean,adc_class,truth,entity\n"
+        "s1,L2 lesion,lesion,0.70,malignant,malignant,metastasis_lytic\n"
+        "s1,L4 lesion,lesion,1.90,benign,benign,hemangioma\n"
+        "s2,L2 lesion,lesion,0.80,malignant,Malignant,\n"
+        "s2,L3 lesion,lesion,,n/a,benign,\n"
+        "s3,L1 lesion,lesion,1.70,benign,,\n"
+        "s3,T12 lesion,lesion,1.60,benign,benign,\n",
+        encoding="utf-8")
+    out = tmp_path / "out"
+    result = run_cohort(path, out)
+    assert result["n_lesions"] == 4 and (result["n_malignant"], result["n_benign"]) == (2, 2)
+    assert (result["tp"], result["tn"]) == (2, 2)
+    assert any("without a truth" in note and "s3/L1 lesion" in note for note in result["notes"])
+    assert any("without a measured ADC" in note and "s2/L3 lesion" in note for note in result["notes"])
+    assert {item["entity"] for item in result["entities"]} == {
+        "metastasis_lytic", "hemangioma", "unspecified (malignant)", "unspecified (benign)"}
+
+
+def test_batch_table_without_truth_column_is_refused(tmp_path):
+    path = tmp_path / "lesions.csv"
+    path.write_text("study,segment,role,adc_mean\ns1,L2,lesion,0.7\n", encoding="utf-8")
+    with pytest.raises(InputError, match="truth column"):
+        run_cohort(path, tmp_path / "out")
+
+
+def test_without_matplotlib_numbers_are_written_and_figures_said_skipped(tmp_path):
+    import subprocess
+
+    csv_path = write_csv(tmp_path / "kaur.csv", kaur_rows())
+    out = tmp_path / "out"
+    code = (f"import sys; sys.modules['matplotlib'] = None; sys.path.insert(0, {str(COHORT_PY.parents[1])!r}); "
+            f"from VertebralMarrowLib.cohort import run_cohort; run_cohort({str(csv_path)!r}, {str(out)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    stored = json.loads((out / "cohort.json").read_text(encoding="utf-8"))
+    assert (stored["tp"], stored["fp"], stored["tn"]) == (35, 5, 60)
+    assert stored["files"] == ["cohort.json", "cohort_entities.csv"]
+    assert not (out / "cohort_roc.png").exists()
+    assert any("figures skipped" in note and "matplotlib" in note for note in stored["notes"])
+
+
 # --- files -----------------------------------------------------------------------------
 
 
@@ -287,7 +420,8 @@ def test_module_imports_without_matplotlib():
     import subprocess
 
     code = (f"import sys; sys.path.insert(0, {str(COHORT_PY.parents[1])!r}); "
-            "import VertebralMarrowLib.cohort; print('matplotlib' in sys.modules)")
+            "import VertebralMarrowLib.cohort, VertebralMarrowLib.outputs.cohort_figures; "
+            "print('matplotlib' in sys.modules)")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "False"
 

@@ -2,7 +2,8 @@
 syntax, its CMake listing, the panel's library functions on real MRML, and its Logic run on
 a headless scene.
 
-Slicer itself (PythonQt, CTK, the Slicer application) is not on this machine. What stands in:
+Slicer itself (PythonQt, CTK, the Slicer application) is not on this machine. What stands in
+(the widget itself runs under the rig of Testing/slicer_rig: test_widget_rig.py):
 
 - Qt: PySide6 (QT_QPA_PLATFORM=offscreen). QUiLoader loads the .ui with placeholder classes
   for Slicer's and CTK's custom widgets; each placeholder declares exactly the Qt properties,
@@ -13,9 +14,9 @@ Slicer itself (PythonQt, CTK, the Slicer application) is not on this machine. Wh
 - the parameter node wrapper: its GUI-connector rules (which widget class may carry which
   parameter type; Slicer's Base/Python/slicer/parameterNodeWrapper/guiConnectors.py) are
   restated below and checked against the .ui and the class's annotations.
-- the Logic: VertebralMarrow.py is imported with stand-ins for the Slicer-only modules
-  (ScriptedLoadableModule, parameterNodeWrapper, qt, slicer.app, slicer.modules) and its
-  Logic runs on a headless MRML scene from slicer-core, the same classes Slicer uses.
+- the Logic: VertebralMarrow.py is loaded under the rig (Slicer's own ScriptedLoadableModule
+  and parameterNodeWrapper read from ../shared/slicer-source; skipped when it is absent) and
+  its Logic runs on a headless MRML scene from slicer-core, the same classes Slicer uses.
 """
 
 from __future__ import annotations
@@ -23,15 +24,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import glob
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import types
-import typing
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -349,7 +347,7 @@ def test_ui_min_voxels_ct_threshold_and_criteria_file_in_parameters():
     assert sorted(rows) == list(range(len(rows))) and all(len(widgets) == 2 for widgets in rows.values())
     order = [name for row in sorted(rows) for name in rows[row]]
     assert order[order.index("bmaxSpinBox") + 1:] == ["minVoxelsLabel", "minVoxelsSpinBox", "ctScleroticHuLabel",
-                                                      "ctScleroticHuSpinBox", "criteriaFileLabel", "criteriaFileLineEdit"]
+                                                      "ctScleroticHuSpinBox", "criteriaFileLabel", "criteriaFileWidget"]
 
 
 def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):
@@ -358,7 +356,7 @@ def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):
     widget, _, _ = loaded_ui
     receivers = widget.receivers(QtCore.SIGNAL("mrmlSceneChanged(vtkMRMLScene*)"))
     needs_scene = [name for cls, name, _ in ui_widgets() if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qMRMLTableView")]
-    assert receivers == len(needs_scene) == 13
+    assert receivers == len(needs_scene) == 16
 
 
 # =============================================================================================
@@ -1033,7 +1031,7 @@ def test_dwi_inputs_expand_a_diffusion_weighted_volume(app):
     from VertebralMarrowLib.mrml import set_ijk_to_ras
     set_ijk_to_ras(node, matrix)
     nodes, values, source = panel.dwi_inputs(None, [node], "")
-    assert values == bvalues and source == "the diffusion-weighted volume"
+    assert values == bvalues and source == "the diffusion-weighted or multi-volume node"
     for volume, b in zip(nodes, bvalues):
         assert np.allclose(ijk_to_ras_of(volume), matrix)
         assert array_of(volume).shape == (2, 3, 4)
@@ -1307,107 +1305,31 @@ def test_citations_for_the_acknowledgement():
 
 
 # =============================================================================================
-# The module file imported with stand-ins for the Slicer-only parts; its Logic run headless
+# The module file under the rig (Testing/slicer_rig): Slicer's own ScriptedLoadableModule and
+# parameterNodeWrapper from ../shared/slicer-source, slicer.mrmlScene the `app` scene; its
+# Logic run headless
 # =============================================================================================
 
 
-class _WithinRange:
-    def __init__(self, minimum, maximum):
-        self.minimum, self.maximum = minimum, maximum
-
-    def check(self, value):
-        assert self.minimum <= value <= self.maximum, f"{value} outside [{self.minimum}, {self.maximum}]"
-
-
-class _Choice:
-    def __init__(self, choices):
-        self.choices = list(choices)
-
-    def check(self, value):
-        assert value in self.choices, f"{value} not in {self.choices}"
-
-
-def _parameter_node_wrapper(cls):
-    """Stand-in for slicer.parameterNodeWrapper: evaluates the annotations as the real one does
-    (typing.get_type_hints with extras), gives each field its default and checks the values
-    written to it (node types, WithinRange, Choice)."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    defaults = {}
-    for name, hint in hints.items():
-        if hasattr(cls, name):
-            defaults[name] = getattr(cls, name)
-        elif typing.get_origin(typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint) is list:
-            defaults[name] = []
-        else:
-            defaults[name] = None
-
-    def __init__(self, node=None):
-        object.__setattr__(self, "_values", dict(defaults))
-        object.__setattr__(self, "parameterNode", node)
-
-    def __getattr__(self, name):
-        values = object.__getattribute__(self, "_values")
-        if name in values:
-            return values[name]
-        raise AttributeError(name)
-
-    def __setattr__(self, name, value):
-        assert name in hints, f"no parameter {name}"
-        hint = hints[name]
-        base, extras = (typing.get_args(hint)[0], typing.get_args(hint)[1:]) if typing.get_origin(hint) is typing.Annotated else (hint, ())
-        if isinstance(base, type) and issubclass(base, slicer.vtkMRMLNode):
-            assert value is None or isinstance(value, base), f"{name}: {type(value).__name__} is not a {base.__name__}"
-        elif typing.get_origin(base) is list:
-            (element,) = typing.get_args(base)
-            assert all(isinstance(v, element) for v in value)
-            value = list(value)
-        elif base in (float, int, str, bool):
-            assert isinstance(value, (int, float) if base is float else base), f"{name}: {value!r} is not {base.__name__}"
-        for extra in extras:
-            extra.check(value)
-        object.__getattribute__(self, "_values")[name] = value
-
-    for name in hints:
-        if name in cls.__dict__:
-            delattr(cls, name)
-    cls.__init__, cls.__getattr__, cls.__setattr__ = __init__, __getattr__, __setattr__
-    cls.allParameters = dict(hints)
-    return cls
-
-
-class _ScriptedLoadableModuleLogic:
-    def __init__(self, parent=None):
-        self.moduleName = type(self).__name__[:-5]
-
-
 @pytest.fixture()
-def module(monkeypatch, app):
-    """VertebralMarrow.py imported with stand-ins, slicer.mrmlScene and friends from `app`."""
-    fake_slm = types.ModuleType("slicer.ScriptedLoadableModule")
-    fake_slm.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {"__init__": lambda self, parent: setattr(self, "parent", parent)})
-    fake_slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
-    fake_slm.ScriptedLoadableModuleLogic = _ScriptedLoadableModuleLogic
-    import unittest
-    fake_slm.ScriptedLoadableModuleTest = unittest.TestCase
-    fake_pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    fake_pnw.parameterNodeWrapper, fake_pnw.WithinRange, fake_pnw.Choice = _parameter_node_wrapper, _WithinRange, _Choice
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", fake_slm)
-    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", fake_pnw)
-    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
-    monkeypatch.setattr(slicer, "mrmlScene", app.scene, raising=False)
-    monkeypatch.setattr(slicer, "app", SimpleNamespace(applicationLogic=lambda: app.app_logic, layoutManager=lambda: None,
-                                                       processEvents=lambda: None), raising=False)
-    monkeypatch.setattr(slicer, "modules", SimpleNamespace(segmentations=SimpleNamespace(logic=lambda: app.segmentations_logic)), raising=False)
-    spec = importlib.util.spec_from_file_location("VertebralMarrowModuleUnderTest", MODULE_PY)
-    loaded = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, loaded)
-    spec.loader.exec_module(loaded)
-    return loaded
+def module(app):
+    """VertebralMarrow.py loaded as Slicer loads it, on the `app` scene."""
+    sys.path.insert(0, str(ROOT / "Testing"))
+    from slicer_rig import install, slicer_source
+
+    source = slicer_source()
+    if source is None:
+        pytest.skip("../shared/slicer-source (Slicer's Python layer) is absent")
+    rig = install(source)
+    rig.new_application(headless=app)
+    loaded, parent = rig.load_module(MODULE_PY)
+    loaded.rig_parent = parent
+    yield loaded
+    assert rig.errors == [], rig.errors
 
 
 def test_module_class_metadata(module):
-    parent = SimpleNamespace()
-    module.VertebralMarrow(parent)
+    parent = module.rig_parent
     assert parent.title == "Vertebral Marrow" and parent.categories == ["Quantification"]
     assert DISCLAIMER in parent.helpText
     assert "Kaur A" in parent.acknowledgementText and "Pol J Radiol 2020" in parent.acknowledgementText
@@ -1415,7 +1337,7 @@ def test_module_class_metadata(module):
 
 
 def test_parameter_node_defaults(module):
-    params = module.VertebralMarrowParameterNode()
+    params = module.VertebralMarrowLogic().getParameterNode()
     assert (params.cutoff, params.indeterminateBand, params.adcUnits, params.fitMethod) == (1.21, 0.2, "auto", "iwls")
     assert (params.signalLowBelow, params.signalHighAbove, params.bmin, params.bmax) == (0.8, 1.2, 0.0, 0.0)
     assert (params.showOverlay, params.overlayOpacity, params.bvalues, params.dwiVolumes) == (True, 0.5, "", [])
@@ -1423,15 +1345,15 @@ def test_parameter_node_defaults(module):
     assert (params.minVoxels, params.ctScleroticHu, params.criteriaFile) == (10, 302.0, "")
     assert params.segmentation is None and params.resultsTable is None and params.overlayVolume is None
     assert params.adcMapVolume is None
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError):
         params.adcColorMapOpacity = 1.5
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError):
         params.cutoff = 9.0
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError):
         params.adcUnits = "mm2"
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError):
         params.minVoxels = 0
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError):
         params.ctScleroticHu = 5000.0
     assert set(module.VertebralMarrowParameterNode.allParameters) == set(parameter_fields())
 
@@ -1439,7 +1361,7 @@ def test_parameter_node_defaults(module):
 def run_logic(module, app, **inputs):
     study, expected = panel.self_test_study(app.scene, app)
     logic = module.VertebralMarrowLogic()
-    params = module.VertebralMarrowParameterNode()
+    params = logic.getParameterNode()
     params.segmentation, params.adcVolume = study.segmentation, study.adc
     params.t1Volume, params.t2Volume, params.fsVolume = study.t1, study.t2, study.fs
     for name, value in inputs.items():
@@ -1572,7 +1494,7 @@ def test_apply_again_adds_no_node(module, app):
 def test_logic_fits_dwi_and_replaces_the_previous_fitted_map(module, app):
     study, expected = panel.self_test_study(app.scene, app, dwi=True)
     logic = module.VertebralMarrowLogic()
-    params = module.VertebralMarrowParameterNode()
+    params = logic.getParameterNode()
     params.segmentation, params.dwiVolumes = study.segmentation, list(study.dwi)
     first = logic.process(params)
     assert first.adc_node.GetScene() is app.scene and first.bvalues_used == [0.0, 50.0, 400.0, 800.0]
@@ -1593,7 +1515,7 @@ def test_logic_export_report_leaves_the_scene_alone(module, app, tmp_path):
     logic = module.VertebralMarrowLogic()
     with pytest.raises(ValueError, match="press Apply"):
         logic.exportReport(tmp_path / "none")
-    params = module.VertebralMarrowParameterNode()
+    params = logic.getParameterNode()
     params.segmentation, params.adcVolume, params.t2Volume = study.segmentation, study.adc, study.t2
     logic.process(params)
     before = (app.scene.GetNumberOfNodes(), app.scene.GetURL(), study.adc.GetStorageNode())
@@ -1601,3 +1523,92 @@ def test_logic_export_report_leaves_the_scene_alone(module, app, tmp_path):
     assert (tmp_path / "report" / "results.csv").is_file() and (tmp_path / "report" / "report.html").is_file()
     assert all(Path(f).exists() for f in files)
     assert (app.scene.GetNumberOfNodes(), app.scene.GetURL(), study.adc.GetStorageNode()) == before
+
+
+# --- which volume is which (slicer_panel/series.py) ----------------------------------------
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("5: ADC", "adc"), ("ep2d_diff_b50_400_800_ADC", "adc"), ("Apparent Diffusion Coefficient (mm2/s)", "adc"),
+    ("3: T1_TSE_SAG", "t1"), ("t2_tse_sag", "t2"), ("STIR_COR", "fs"), ("T2 FS sag", "fs"), ("TIRM sag", "fs"),
+    ("6: ep2d_diff_b0_50_800", "dwi"), ("DWI b=800", "dwi"), ("CT bone", "ct"), ("localizer", None),
+])
+def test_series_kind_from_names(name, kind):
+    from VertebralMarrowLib.slicer_panel.series import series_kind
+
+    assert series_kind(name) == kind
+
+
+def test_preselection_takes_unambiguous_names_only(app):
+    from VertebralMarrowLib.slicer_panel.series import preselection
+
+    grid = np.eye(4)
+    cube = np.ones((4, 4, 4), np.float32)
+    adc = volume_from_array(app.scene, cube, grid, "5: ADC")
+    t1 = volume_from_array(app.scene, cube, grid, "3: T1_TSE_SAG")
+    volume_from_array(app.scene, cube, grid, "4: t2_tse_sag")
+    volume_from_array(app.scene, cube, grid, "8: T2_TSE_AX")
+    chosen = {"adcVolume": None, "t1Volume": None, "t2Volume": None, "fsVolume": None, "ctVolume": None,
+              "dwiSequence": None, "dwiVolumes": []}
+    assert preselection(app.scene, chosen) == {"adcVolume": adc, "t1Volume": t1}  # two T2 series: no guess
+    assert preselection(app.scene, {**chosen, "t1Volume": adc}) == {"adcVolume": adc}  # the user's choice stays
+    assert "adcVolume" not in preselection(app.scene, {**chosen, "dwiVolumes": [t1]})
+
+
+def test_adc_guard_refuses_another_series_and_anatomical_intensities(app):
+    from VertebralMarrowLib.slicer_panel.series import adc_map_problem
+
+    grid = np.eye(4)
+    t1 = volume_from_array(app.scene, np.full((4, 4, 4), 400.0, np.float32), grid, "3: T1_TSE_SAG")
+    assert "looks like a T1 series" in adc_map_problem(t1)
+    bright = volume_from_array(app.scene, np.full((4, 4, 4), 9000, np.int16), grid, "series 9")
+    assert "twice the ADC of free water" in adc_map_problem(bright)
+    for values in (np.full((4, 4, 4), 1.2, np.float32), np.full((4, 4, 4), 1200, np.int16),
+                   np.full((4, 4, 4), 0.0012, np.float32)):
+        assert adc_map_problem(volume_from_array(app.scene, values, grid, "5: ADC")) == ""
+    negative = volume_from_array(app.scene, np.full((4, 4, 4), -1.0, np.float32), grid, "odd map")
+    assert "positive" in adc_map_problem(negative)
+    params = parameters(segmentation=object(), adcVolume=t1)
+    assert "T1 series" in panel.apply_blocker(params)
+    with pytest.raises(InputError, match="T1 series"):
+        panel.study_from_parameters(params)
+
+
+def test_dwi_from_a_multivolume_node_with_frame_labels(app):
+    """A MultiVolume node (MultiVolumeImporter: one voxel component per frame, the b-values in
+    MultiVolume.FrameLabels) gives one volume per frame with its b-value; frames told apart by
+    trigger time are not b-values."""
+    import vtk as _vtk
+
+    bvalues = [0.0, 50.0, 800.0]
+    adc = 1.1  # 10^-3 mm^2/s
+    frames = np.stack([(1000.0 * np.exp(-b * adc / 1000.0)) * np.ones((3, 4, 5), np.float32) for b in bvalues], -1)
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName("7: ep2d_diff")
+    app.scene.AddNode(node)
+    image = _vtk.vtkImageData()
+    image.SetDimensions(5, 4, 3)
+    image.AllocateScalars(_vtk.VTK_FLOAT, len(bvalues))
+    node.SetAndObserveImageData(image)
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    vtk_to_numpy(image.GetPointData().GetScalars())[:] = frames.reshape(-1, len(bvalues))
+    node.SetAttribute("MultiVolume.FrameLabels", "0,50,800")
+    node.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "DiffusionBValue")
+    nodes, values, source = panel.dwi_inputs(None, [node], "")
+    assert values == bvalues and "multi-volume" in source
+    for expanded, b in zip(nodes, bvalues):
+        assert array_of(expanded) == pytest.approx(1000.0 * np.exp(-b * adc / 1000.0))
+    assert panel.dwi_inputs(None, [node], "")[0][0] is nodes[0]   # expanded once while unchanged
+    node.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "TriggerTime")  # a DCE series: one volume
+    with pytest.raises(InputError, match="two or more b-values"):
+        panel.dwi_inputs(None, [node], "")
+
+
+def test_every_image_input_of_the_command_line_is_on_the_panel():
+    from VertebralMarrowLib.core.sequences import SEQUENCES
+
+    fields, bound = parameter_fields(), bound_widgets()
+    for sequence in SEQUENCES:
+        assert sequence.parameter in fields, sequence.key
+        assert bound[sequence.parameter][0] == "qMRMLNodeComboBox", sequence.key

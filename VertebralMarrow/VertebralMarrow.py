@@ -36,13 +36,17 @@ from slicer.util import VTKObservationMixin
 from VertebralMarrowLib import DISCLAIMER, __version__
 from VertebralMarrowLib import analysis
 from VertebralMarrowLib.outputs import folder as output_folder
-from VertebralMarrowLib.slicer_panel import panel
+from VertebralMarrowLib.slicer_panel import panel, series
 from VertebralMarrowLib.mrml import HeadlessApp
 
 try:
     from slicer.i18n import tr as _
+    from slicer.i18n import translate
 except ImportError:  # Slicer releases before translations (5.2, 5.3)
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 
@@ -59,7 +63,9 @@ class VertebralMarrow(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Vertebral Marrow")
-        self.parent.categories = [_("Quantification")]
+        # The category in Slicer's own context, as its modules give it, so a translated Slicer
+        # shows one "Quantification" category, not two.
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["VertebralMarrow developers"]
         self.parent.helpText = _(
@@ -93,6 +99,8 @@ class VertebralMarrowParameterNode:
     bvalues - b-values (s/mm^2) of the DWI volumes in order, "0,50,400,800"; empty: from the
         sequence's index values or the volume names.
     t1Volume, t2Volume, fsVolume, ctVolume - optional volumes measured in every ROI.
+    inPhaseVolume, opposedPhaseVolume, fatFractionVolume - optional chemical-shift pair and fat-fraction
+        map (they separate fatty benign marrow from marrow replaced by tumour).
     displayVolume - the slice views' background under the overlay (default: the ADC map).
     cutoff - ADC cut-off, 10^-3 mm^2/s: mean ADC at or below it is malignant-range (Kaur 2020).
     indeterminateBand - means within cut-off +/- band are indeterminate (default 0.2: 1.01-1.41; 0: no band).
@@ -108,6 +116,7 @@ class VertebralMarrowParameterNode:
     showAdcColorMap, adcColorMapOpacity - the continuous ADC map in the slice views (foreground layer).
     colorSegmentsByClass - lesion segments take their class colour; their own colours are kept
         in a segment tag and come back when this is turned off.
+    colorBlindPalette - the overlay in colours told apart with any colour vision (Okabe-Ito).
     resultsTable, overlayVolume, adcMapVolume - the outputs (created by Apply when empty, reused after).
     """
 
@@ -120,6 +129,9 @@ class VertebralMarrowParameterNode:
     t2Volume: vtkMRMLScalarVolumeNode
     fsVolume: vtkMRMLScalarVolumeNode
     ctVolume: vtkMRMLScalarVolumeNode
+    inPhaseVolume: vtkMRMLScalarVolumeNode
+    opposedPhaseVolume: vtkMRMLScalarVolumeNode
+    fatFractionVolume: vtkMRMLScalarVolumeNode
     displayVolume: vtkMRMLScalarVolumeNode
     cutoff: Annotated[float, WithinRange(0.1, 4.0)] = 1.21
     indeterminateBand: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
@@ -137,6 +149,7 @@ class VertebralMarrowParameterNode:
     showAdcColorMap: bool = False
     adcColorMapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     colorSegmentsByClass: bool = False
+    colorBlindPalette: bool = False
     resultsTable: vtkMRMLTableNode
     overlayVolume: vtkMRMLLabelMapVolumeNode
     adcMapVolume: vtkMRMLScalarVolumeNode
@@ -163,6 +176,9 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._roleRows = []  # (segment id, name) of the rows the roles table shows
         self._lesionNames = []
         self._updatingGui = False
+        self._applying = False
+        self._shownDifferential = None  # (result document text, lesion) the differential box shows
+        self._document = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -182,8 +198,16 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # These connections ensure that we update parameter node when scene is closed
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # A loaded scene's parameter node may have been read before the nodes it refers to
+        # existed: bind the panel again once the whole scene is in.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        # A deleted DWI volume stays in the node list as None (the checkable combo box emits
+        # nothing when a row goes): drop it.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
 
         self.ui.disclaimerLabel.text = _(DISCLAIMER)
+        self.ui.plotsNoteLabel.text = _(panel.plots_note()) if panel.plots_note() else ""
+        self.ui.plotsNoteLabel.visible = bool(panel.plots_note())
         self.ui.differentialBrowser.setHtml(panel.differential_html(None, None))
         # Only published ADC maps (not the user's own volumes, which Apply would overwrite)
         self.ui.adcMapSelector.addAttribute("vtkMRMLScalarVolumeNode", panel.ADC_MAP_ATTRIBUTE, "1")
@@ -191,6 +215,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Buttons and the widgets not bound to the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.criteriaFileBrowseButton.connect("clicked(bool)", self.onBrowseCriteriaFile)
         self.ui.dwiVolumesSelector.connect("checkedNodesChanged()", self.onDwiVolumesChanged)
         self.ui.lesionComboBox.connect("currentIndexChanged(int)", self.onLesionChanged)
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onResultsTableClicked)
@@ -228,12 +253,27 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Parameter node will be reset, do not use it anymore
         self.setParameterNode(None)
         self.logic.forgetResult()
+        self._observeSegmentation(None)  # nor keep the closed scene's segmentation alive
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
         # If this module is shown while the scene is closed then recreate a new parameter node immediately
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """Called after a scene was loaded or imported: a new wrapper reads every reference."""
+        if self.parent.isEntered:
+            self.setParameterNode(None)
+            self.initializeParameterNode()
+
+    def onNodeRemoved(self, caller, event) -> None:
+        if self._parameterNode is None or slicer.mrmlScene.IsClosing() or slicer.mrmlScene.IsImporting():
+            return
+        # read through a new wrapper: the panel's cached one may not have seen the change yet
+        volumes = list(self.logic.getParameterNode().dwiVolumes)
+        if None in volumes:
+            self._parameterNode.dwiVolumes = [node for node in volumes if node is not None]
 
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
@@ -246,6 +286,15 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstSegmentationNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
             if firstSegmentationNode:
                 self._parameterNode.segmentation = firstSegmentationNode
+        # and the volumes whose series descriptions say what they are (the user can change them)
+        parameters = self._parameterNode
+        chosen = {name: getattr(parameters, name) for name in
+                  ("adcVolume", "dwiSequence", "dwiVolumes", "t1Volume", "t2Volume", "fsVolume", "ctVolume")}
+        proposals = series.preselection(slicer.mrmlScene, chosen)
+        if proposals:
+            with slicer.util.NodeModify(parameters.parameterNode):
+                for name, node in proposals.items():
+                    setattr(parameters, name, node)
 
     def setParameterNode(self, inputParameterNode: Optional[VertebralMarrowParameterNode]) -> None:
         """
@@ -253,9 +302,11 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
         """
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            if self._parameterNodeGuiTag is not None:  # None after exit()
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            for method in (self._checkCanApply, self._onParameterNodeModified):
+                if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, method):
+                    self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, method)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
@@ -267,6 +318,8 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._applying:
+            return
         blocker = _(panel.apply_blocker(self._parameterNode)) if self._parameterNode else _("No parameter node.")
         if not blocker:
             self.ui.applyButton.toolTip = _("Measure every ROI, classify the lesions and rank their differential")
@@ -346,14 +399,44 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.connect("currentIndexChanged(int)",
                               lambda index, segmentId=segmentId: self.onRoleChanged(segmentId, panel.ROLE_CHOICES[index]))
                 table.setCellWidget(rowIndex, 1, combo)
+                levels = qt.QSpinBox()
+                levels.setRange(0, 25)
+                levels.specialValueText = "?"
+                levels.toolTip = _("Vertebral levels the lesion involves (? not recorded): spondylitis over three or "
+                                   "more levels suggests tuberculosis")
+                levels.connect("valueChanged(int)", lambda value, segmentId=segmentId: self.onSpreadChanged(segmentId))
+                table.setCellWidget(rowIndex, 2, levels)
+                disc = qt.QComboBox()
+                disc.addItems([_("?"), _("destroyed"), _("spared")])
+                disc.toolTip = _("The adjacent disc: destroyed suggests pyogenic, spared tuberculous spondylitis")
+                disc.connect("currentIndexChanged(int)", lambda index, segmentId=segmentId: self.onSpreadChanged(segmentId))
+                table.setCellWidget(rowIndex, 3, disc)
             self._roleRows = shown
-            return
-        for rowIndex, (_segmentId, _name, role) in enumerate(rows):
+        for rowIndex, (segmentId, _name, role) in enumerate(rows):
+            self._showSpread(rowIndex, segmentationNode, segmentId)
             combo = table.cellWidget(rowIndex, 1)
             if combo is not None and combo.currentIndex != panel.ROLE_CHOICES.index(role):
                 wasBlocked = combo.blockSignals(True)
                 combo.setCurrentIndex(panel.ROLE_CHOICES.index(role))
                 combo.blockSignals(wasBlocked)
+
+    def _showSpread(self, rowIndex: int, segmentationNode, segmentId: str) -> None:
+        levels, disc = panel.segment_spread(segmentationNode, segmentId)
+        table = self.ui.segmentRolesTable
+        for column, value, current in ((2, levels, "value"), (3, panel.DISC_CHOICES.index(disc), "currentIndex")):
+            widget = table.cellWidget(rowIndex, column)
+            if widget is not None and getattr(widget, current) != value:
+                wasBlocked = widget.blockSignals(True)
+                setattr(widget, current, value)
+                widget.blockSignals(wasBlocked)
+
+    def onSpreadChanged(self, segmentId: str) -> None:
+        if self._parameterNode is None or self._parameterNode.segmentation is None:
+            return
+        rowIndex = [row for row, (sid, _name) in enumerate(self._roleRows) if sid == segmentId][0]
+        table = self.ui.segmentRolesTable
+        panel.set_spread(self._parameterNode.segmentation, segmentId, table.cellWidget(rowIndex, 2).value,
+                         panel.DISC_CHOICES[table.cellWidget(rowIndex, 3).currentIndex])
 
     def onRoleChanged(self, segmentId: str, role: str) -> None:
         if self._parameterNode is None or self._parameterNode.segmentation is None:
@@ -367,7 +450,11 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         shown = self.ui.resultsTableView.mrmlTableNode()
         if (shown.GetID() if shown else None) != (table.GetID() if table else None):
             self.ui.resultsTableView.setMRMLTableNode(table)
-        document = panel.result_from_table(table)
+        self._showUnitsInHeaders(table)
+        text = table.GetAttribute(panel.DOCUMENT_ATTRIBUTE) if table is not None else None
+        if self._shownDifferential is None or text != self._shownDifferential[0]:
+            self._document = panel.result_from_table(table)
+        document = self._document
         names = panel.lesion_names(document)
         combo = self.ui.lesionComboBox
         if names != self._lesionNames:
@@ -379,15 +466,31 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.setCurrentIndex(names.index(current))
             combo.blockSignals(wasBlocked)
             self._lesionNames = names
-        self.ui.differentialBrowser.setHtml(panel.differential_html(document, combo.currentText or None))
+        # Only when the result or the lesion changed: setHtml re-parses and resets the scroll.
+        shown = (text, combo.currentText or None)
+        if shown != self._shownDifferential:
+            self.ui.differentialBrowser.setHtml(panel.differential_html(document, combo.currentText or None))
+            self._shownDifferential = shown
         self.ui.exportButton.enabled = self.logic.lastResult is not None
+
+    def _showUnitsInHeaders(self, table) -> None:
+        """Units in the results' column headers (the view shows bare names; it rebuilds its
+        headers when the table changes, so this runs after every update)."""
+        model = self.ui.resultsTableView.tableModel()
+        for column, text in enumerate(panel.column_headers(table)):
+            if model is not None and column < model.columnCount() and model.headerData(column, qt.Qt.Horizontal) != text:
+                model.setHeaderData(column, qt.Qt.Horizontal, text)
 
     def onLesionChanged(self, index: int) -> None:
         self._updateResults()
 
     def onResultsTableClicked(self, modelIndex) -> None:
-        """Show the differential of the segment in the clicked row (column 0 is the segment name)."""
+        """Centre the slice views on the segment of the clicked row (column 0 is the segment
+        name) and show its differential."""
         segment = modelIndex.sibling(modelIndex.row(), 0).data()
+        center = panel.lesion_center_ras(self._parameterNode.segmentation if self._parameterNode else None, segment)
+        if center is not None:
+            slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *center, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
         if segment in self._lesionNames:
             self.ui.lesionComboBox.setCurrentIndex(self._lesionNames.index(segment))
 
@@ -395,9 +498,22 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button."""
+        # processEvents() in the progress callback lets clicks through: no second run inside this one
+        if self._applying:
+            return
+        self._applying = True
+        self.ui.applyButton.enabled = False
+        try:
+            self._apply()
+        finally:
+            self._applying = False
+            self._checkCanApply()
+
+    def _apply(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
             progressDialog = slicer.util.createProgressDialog(
-                windowTitle=_("Vertebral Marrow"), labelText=_("Starting the analysis"), maximum=100)
+                windowTitle=_("Vertebral Marrow"), labelText=_("Starting the analysis"), maximum=100,
+                windowModality=qt.Qt.ApplicationModal)
 
             def progress(fraction: float, text: str) -> None:
                 progressDialog.labelText = text
@@ -415,6 +531,17 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 progressDialog.close()
             self._onParameterNodeModified()
 
+    def onBrowseCriteriaFile(self) -> None:
+        """Choose a criteria file of one's own; cancelling keeps the current one."""
+        if self._parameterNode is None:
+            return
+        current = self._parameterNode.criteriaFile
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Criteria file (layout of the built-in criteria.json)"),
+            os.path.dirname(current) if current else qt.QDir.homePath(), _("JSON files") + " (*.json)")
+        if path:
+            self._parameterNode.criteriaFile = path
+
     def onExportButton(self) -> None:
         """Write the report folder of the last analysis into a folder the user chooses."""
         folder = qt.QFileDialog.getExistingDirectory(
@@ -423,8 +550,11 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to export the report."), waitCursor=True):
             files = self.logic.exportReport(folder)
-            slicer.util.showStatusMessage(_("Report written:") + f" {os.path.join(folder, 'report.html')}", 5000)
+            report = os.path.join(folder, "report.html")
+            slicer.util.showStatusMessage(_("Report written:") + f" {report}", 5000)
             logging.info(f"Vertebral Marrow report: {len(files)} files written in {folder}")
+            if os.path.isfile(report):
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report))
 
 
 #
@@ -510,6 +640,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         parameterNode.resultsTable = published.table
         parameterNode.overlayVolume = published.overlay
         parameterNode.adcMapVolume = published.adc_map
+        panel.set_overlay_palette(published.colors, parameterNode.colorBlindPalette)
         if showResult:
             self.showResult(parameterNode, result)
         return result
@@ -527,6 +658,9 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         colours; each only when its choices changed, so the user's own changes stay."""
         if parameterNode is None:
             return
+        overlay = parameterNode.overlayVolume
+        if overlay is not None and overlay.GetDisplayNode() is not None:
+            panel.set_overlay_palette(overlay.GetDisplayNode().GetColorNode(), parameterNode.colorBlindPalette)
         layers = panel.slice_layers(parameterNode, slicer.mrmlScene)
         state = panel.layers_state(layers)
         if layers and state != self._shownOverlay:
@@ -576,6 +710,10 @@ class VertebralMarrowTest(ScriptedLoadableModuleTest):
         self.test_VertebralMarrowApplyDwi()
         self.setUp()
         self.test_VertebralMarrowRolesAndExport()
+        self.setUp()
+        self.test_VertebralMarrowDwiSequenceFromDicomLoader()
+        self.setUp()
+        self.test_VertebralMarrowInputsGuardThemselves()
 
     def _widgetAndParameters(self, dwi=False):
         widget = slicer.util.getModuleWidget("VertebralMarrow")
@@ -726,4 +864,47 @@ class VertebralMarrowTest(ScriptedLoadableModuleTest):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.assertTrue(np.isfinite(float(slicer.util.arrayFromTableColumn(parameters.resultsTable, "adc_mean")[0])))
+        self.delayDisplay("Test passed")
+
+    def test_VertebralMarrowDwiSequenceFromDicomLoader(self):
+        """A volume sequence as Slicer's DICOM loader (MultiVolumeImporter) gives it: empty index
+        name, b-values in MultiVolume.FrameLabels; they are shown before Apply and used."""
+        self.delayDisplay("DWI sequence with MultiVolume.FrameLabels")
+        widget, parameters, expected = self._widgetAndParameters(dwi=True)
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "7: ep2d_diff_b0_50_400_800")
+        for index, node in enumerate(parameters.dwiVolumes):
+            sequence.SetDataNodeAtValue(node, str(index))
+        sequence.SetAttribute("MultiVolume.FrameLabels", ",".join(f"{b:g}" for b in panel.SELF_TEST_BVALUES))
+        sequence.SetAttribute("MultiVolume.FrameIdentifyingDICOMTagName", "DiffusionBValue")
+        for node in list(parameters.dwiVolumes):
+            slicer.mrmlScene.RemoveNode(node)
+        parameters.dwiSequence = sequence
+        self.assertEqual(list(parameters.dwiVolumes), [])
+        self.assertIn("b=800", widget.ui.dwiSummaryLabel.text)
+        self.assertIn("index values of sequence", widget.ui.dwiSummaryLabel.text)
+        self.assertTrue(widget.ui.applyButton.enabled)
+        widget.onApplyButton()
+        self._checkResults(parameters, expected, ["L2 lesion", "L4 lesion", "L3 normal"], places=3)
+        self.delayDisplay("Test passed")
+
+    def test_VertebralMarrowInputsGuardThemselves(self):
+        """A T1 picked as the ADC map is refused, saying why; selectors are preselected from names."""
+        self.delayDisplay("Inputs that guard themselves")
+        widget, parameters, expected = self._widgetAndParameters()
+        parameters.adcVolume = parameters.t1Volume
+        self.assertFalse(widget.ui.applyButton.enabled)
+        self.assertIn("looks like a T1 series", widget.ui.applyButton.toolTip)
+        from VertebralMarrowLib.errors import InputError
+
+        with self.assertRaisesRegex(InputError, "T1 series"):
+            widget.logic.process(parameters)
+
+        slicer.mrmlScene.Clear()
+        study, expected = panel.self_test_study(slicer.mrmlScene, VertebralMarrowLogic.application())
+        widget.initializeParameterNode()
+        parameters = widget.logic.getParameterNode()
+        self.assertEqual(parameters.segmentation, study.segmentation)
+        self.assertEqual((parameters.adcVolume, parameters.t1Volume, parameters.t2Volume, parameters.fsVolume),
+                         (study.adc, study.t1, study.t2, study.fs))
+        self.assertTrue(widget.ui.applyButton.enabled)
         self.delayDisplay("Test passed")

@@ -76,6 +76,8 @@ def _add_dwi_arguments(parser, with_adc: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     if with_adc:
         group.add_argument("--adc", type=Path, help="scanner ADC map (NRRD, NIfTI, MHA)")
+        group.add_argument("--dicom", type=Path, help="a DICOM study folder: its series are recognised (T1, T2, STIR/FS, "
+                           "DWI, scanner ADC map, CT); override a choice with --t1-series etc.")
     group.add_argument("--dwi", type=Path, nargs="+", help="DWI: several 3-D files (with --bvalues) or one 4-D file")
     group.add_argument("--dwi-dicom", type=Path, help="folder of a diffusion DICOM series (b-values from the headers)")
     parser.add_argument("--bvalues", help="b-values in s/mm^2, one per DWI file, e.g. 0,50,400,800")
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dwi_arguments(analyze, with_adc=True)
     for sequence in SEQUENCES:
         analyze.add_argument(sequence.flag, dest=sequence.key, type=Path, help=sequence.what.replace("%", "%%"))
+    for role, what in (("t1", "T1"), ("t2", "T2"), ("fs", "STIR/FS"), ("dwi", "DWI"), ("adc", "scanner ADC map"), ("ct", "CT")):
+        analyze.add_argument(f"--{role}-series", metavar="UID|NUMBER|none",
+                             help=f"with --dicom: the {what} series to use (series number or UID), or none")
     analyze.add_argument("--reference", nargs="+", default=(), metavar="NAME", help="segment(s) of normal marrow")
     analyze.add_argument("--levels", action="append", default=[], metavar="SEGMENT=N",
                          help="vertebral levels a lesion involves (separates pyogenic from tuberculous spondylitis)")
@@ -121,15 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
     phantom = commands.add_parser("phantom", help="write the synthetic spine study")
     phantom.add_argument("--out", type=Path, required=True)
     phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--dicom", action="store_true", help="also write the study as DICOM series in OUT/dicom")
 
     demo = commands.add_parser("demo", help="the synthetic study, then the whole analysis on it")
     demo.add_argument("--out", type=Path, required=True)
     demo.add_argument("--seed", type=int, default=0)
 
     cohort = commands.add_parser("cohort", help="sensitivity, specificity, ROC over many lesions")
-    cohort.add_argument("csv", type=Path, help="CSV with columns adc (10^-3 mm^2/s) and truth (malignant|benign)")
+    cohort.add_argument("csv", type=Path, help="CSV with columns adc (10^-3 mm^2/s) and truth (malignant|benign), "
+                        "or the lesions.csv of batch")
     cohort.add_argument("--out", type=Path, required=True)
     _add_setting(cohort, "adc_cutoff")
+    cohort.add_argument("--ci-method", choices=("wilson", "exact"), default="wilson",
+                        help="95%% interval of sensitivity, specificity, PPV, NPV: Wilson score (default) or Clopper-Pearson")
+
+    batch = commands.add_parser("batch", help="many studies on Dask (needs: pip install 'vertebral-marrow[batch]')")
+    batch.add_argument("manifest", type=Path, help="CSV, one row per study: id, then dicom or seg with the volumes, "
+                       "optional truth (a CSV of segment, truth, entity)")
+    batch.add_argument("--out", type=Path, required=True, help="output folder: one folder per study, lesions.csv, failures.csv")
+    batch.add_argument("--jobs", type=int, help="worker processes of the local cluster (default: one per CPU)")
+    batch.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler (tcp://host:8786) instead of a local cluster")
     for command in commands.choices.values():
         _common(command)
     return parser
@@ -183,18 +199,29 @@ def _run(args) -> int:
     if args.command == "phantom":
         from .phantom import make_phantom
 
-        make_phantom(args.out, args.seed, progress)
+        truth = make_phantom(args.out, args.seed, progress)
         print(f"synthetic study written to {args.out}")
+        if args.dicom:
+            from .phantom_dicom import write_phantom_dicom
+
+            write_phantom_dicom(args.out, args.out / "dicom", args.seed, truth["files"])
+            print(f"its DICOM series written to {args.out / 'dicom'}")
         return 0
     if args.command == "cohort":
         from .cohort import run_cohort
 
-        summary = run_cohort(args.csv, args.out, args.adc_cutoff, progress)
-        print(f"cohort of {summary['n_malignant'] + summary['n_benign']} lesions: sensitivity {summary['sensitivity']:.3f}, "
-              f"specificity {summary['specificity']:.3f}, AUC {summary['auc']:.3f}; written to {args.out}")
+        summary = run_cohort(args.csv, args.out, args.adc_cutoff, progress, args.ci_method)
+        print(f"cohort of {summary['n_malignant'] + summary['n_benign']} lesions: "
+              + ", ".join(f"{key} {summary[key]:.3f}{_interval(summary.get(key + '_ci'))}"
+                          for key in ("sensitivity", "specificity", "auc"))
+              + f"; written to {args.out}")
+        for note in summary["notes"]:
+            print(f"note: {note}")
         return 0
     if args.command == "adc":
         return _fit_only(args, progress)
+    if args.command == "batch":
+        return _batch(args)
     if args.command == "demo":
         from .pipeline import run_demo
 
@@ -203,6 +230,31 @@ def _run(args) -> int:
         result = _analyze(args, progress)
     _print_summary(result, args.out)
     return 0
+
+
+def _batch(args) -> int:
+    from .batch import run_batch
+
+    summary = run_batch(args.manifest, args.out, args.jobs, args.scheduler,
+                        show_progress=not getattr(args, "quiet", False))
+    if summary["ignored_columns"]:
+        print(f"note: manifest columns ignored: {', '.join(summary['ignored_columns'])}", file=sys.stderr)
+    for failure in summary["failures"]:
+        print(f"failed: {failure['study']}: {failure['error']}", file=sys.stderr)
+    for study, warnings in summary["warnings"].items():
+        for warning in warnings:
+            print(f"warning: {study}: {warning}", file=sys.stderr)
+    print(f"{summary['succeeded']} of {summary['studies']} studies analysed, {summary['lesions']} lesions in "
+          f"{args.out / 'lesions.csv'}; failures in {args.out / 'failures.csv'}")
+    print(DISCLAIMER)
+    if summary["succeeded"] == 0:
+        print("error: no study could be analysed; see failures.csv", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _interval(pair) -> str:
+    return f" (95% CI {pair[0]:.3f}-{pair[1]:.3f})" if pair else ""
 
 
 def _study_files(args):
@@ -228,7 +280,27 @@ def _analyze(args, progress):
     options = Options(criteria_path=args.criteria, reference_segments=tuple(args.reference),
                       adc_bvalues=parse_bvalues(args.adc_bvalues) if args.adc_bvalues else None,
                       **{setting.name: getattr(args, setting.name) for setting in SETTINGS})
+    if args.dicom:
+        return _analyze_dicom(args, options, progress)
     return run_analysis(_study_files(args), options, args.out, progress, single_file_report=args.single_file_report)
+
+
+def _analyze_dicom(args, options, progress):
+    from .pipeline import run_dicom_analysis
+
+    given = [f"--{name.replace('_', '-')}" for name in ("t1", "t2", "fs", "ct", "bvalues") if getattr(args, name)]
+    if given:
+        raise InputError(f"{', '.join(given)} with --dicom: choose the series with --t1-series, --t2-series, "
+                         "--fs-series, --ct-series instead")
+    overrides = {role: getattr(args, f"{role}_series") for role in ("t1", "t2", "fs", "dwi", "adc", "ct")}
+    extra = {"in_phase": args.in_phase, "opposed_phase": args.opposed_phase, "fat_fraction": args.fat_fraction}
+    result, record = run_dicom_analysis(args.dicom, args.seg, options, args.out, overrides, args.label_names,
+                                        progress, files=extra, single_file_report=args.single_file_report)
+    for role, series in record["series"].items():
+        print(f"{role}: series {series['series_number']} '{series['series_description']}' ({series['why']})")
+    for note in record["notes"]:
+        print(f"note: {note}")
+    return result
 
 
 def _fit_only(args, progress) -> int:

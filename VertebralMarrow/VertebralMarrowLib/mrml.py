@@ -48,7 +48,7 @@ def new_scene() -> HeadlessApp:
     app_logic.GetColorLogic().SetMRMLScene(scene)
     app_logic.GetColorLogic().AddDefaultColorNodes()
     segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations_logic.SetMRMLScene(scene)
+    _set_scene_once_registered(segmentations_logic, scene)
     segmentations_logic.SetMRMLApplicationLogic(app_logic)
     app_logic.SetModuleLogic("Segmentations", segmentations_logic)
     return HeadlessApp(scene, app_logic, segmentations_logic)
@@ -185,8 +185,21 @@ def _segmentations_logic(scene, app: Optional[HeadlessApp]):
         return app.segmentations_logic
     # Inside Slicer the registered logic is the one to use; the module passes it as `app`.
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
+    _set_scene_once_registered(logic, scene)
     return logic
+
+
+def _set_scene_once_registered(logic, scene) -> None:
+    """Give a segmentations logic its scene without adding its converter rules a second time
+    to the process-wide converter factory (each logic registers them all again; every
+    conversion would then weigh duplicate paths)."""
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    before = list(factory.GetConverterRules())
+    classes = {rule.GetClassName() for rule in before}
+    logic.SetMRMLScene(scene)
+    for rule in list(factory.GetConverterRules()):
+        if rule.GetClassName() in classes and not any(rule is old for old in before):
+            factory.UnregisterConverterRule(rule)
 
 
 # --- arrays and geometry ------------------------------------------------------------------

@@ -44,6 +44,62 @@ def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progres
     return result
 
 
+def run_dicom_analysis(folder, seg, options: Optional[Options], out_dir, overrides: Optional[dict] = None,
+                       label_names=None, progress: Progress = None, files: Optional[dict] = None,
+                       single_file_report: bool = False) -> tuple:
+    """A DICOM study in: recognise its series (overrides: role -> series UID, number or 'none'),
+    analyse them with `seg` like run_analysis, and record in results.json which series were
+    used for what and why. `files` (key -> path, e.g. {'t1': ...}) replaces a recognised series.
+    Returns (AnalysisResult, the record of the series: {folder, series: {role: ...}, notes})."""
+    import dataclasses
+    import tempfile
+
+    from .inputs.dicom_study import choose_series, scan_dicom_folder, stage_study
+    from .inputs.study import StudyFiles
+
+    chosen, notes = choose_series(scan_dicom_folder(folder), overrides)
+    with tempfile.TemporaryDirectory(prefix="vertebral-marrow-dicom-") as staging:
+        paths, adc_units = stage_study(chosen, staging)
+        paths.update({key: Path(value) for key, value in (files or {}).items() if value})
+        study = StudyFiles(seg=Path(seg), label_names=label_names, **paths)
+        options = options or Options()
+        if adc_units and "adc" in paths and options.adc_units in (None, "auto"):
+            # The analysis then reports the units as given; say where they came from.
+            options = dataclasses.replace(options, adc_units=adc_units)
+            notes.append(f"ADC map units {adc_units} taken from its DICOM real-world value mapping")
+        result = run_analysis(study, options, out_dir, progress, single_file_report)
+    source = chosen["dwi"] if "dwi" in chosen else chosen["adc"]
+    written = _export_dicom(result, source.series.files, Path(out_dir) / "dicom", notes, fitted="dwi" in chosen)
+    record = {"folder": str(folder), "series": {role: choice.describe() for role, choice in chosen.items()},
+              "notes": notes, "dicom_outputs": written}
+    _add_to_results_json(out_dir, "dicom", record)
+    return result, record
+
+
+def _add_to_results_json(out_dir, key: str, value) -> None:
+    import json
+
+    results_json = Path(out_dir) / "results.json"
+    document = json.loads(results_json.read_text(encoding="utf-8"))
+    document[key] = value
+    results_json.write_text(json.dumps(document, indent=2), encoding="utf-8")
+
+
+def _export_dicom(result: AnalysisResult, reference_files: list, out_dir: Path, notes: list, fitted: bool) -> dict:
+    """SEG, SR and parametric map on the ADC's source series; {name: file relative to the output
+    folder}. A study whose grid the export cannot follow keeps its analysis, and notes say why."""
+    from .outputs.dicom_export import write_dicom_outputs
+
+    try:
+        written = write_dicom_outputs(result, reference_files, out_dir,
+                                      bvalues=result.bvalues_used if fitted else None,
+                                      method=result.options.fit_method if fitted else None)
+    except (InputError, ValueError) as exc:
+        notes.append(f"DICOM SEG/SR/parametric map not written: {exc}")
+        return {}
+    return {name: str(path.relative_to(out_dir.parent)) for name, path in written.items()}
+
+
 def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResult:
     """The synthetic study into out_dir/study, then the analysis of it into out_dir."""
     from .inputs.study import StudyFiles
@@ -57,7 +113,19 @@ def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResul
         seg=study_dir / names["seg"], adc=study_dir / names["adc"],
         t1=study_dir / names["t1"], t2=study_dir / names["t2"], fs=study_dir / names["fs"], ct=study_dir / names["ct"],
     )
-    return run_analysis(files, Options(), out, _scaled(progress, 0.3, 1.0))
+    result = run_analysis(files, Options(), out, _scaled(progress, 0.3, 0.9))
+    # The study also as DICOM series, and the results as DICOM SEG, SR and parametric map on
+    # the scanner ADC map's series (the grid the demo measures on).
+    from .phantom_dicom import write_phantom_dicom
+
+    if progress:
+        progress(0.9, "DICOM series and DICOM results")
+    series = write_phantom_dicom(study_dir, study_dir / "dicom", seed, names)
+    notes: list = []
+    written = _export_dicom(result, sorted(series["adc"].iterdir()), out / "dicom", notes, fitted=False)
+    _add_to_results_json(out, "dicom", {"folder": str(study_dir / "dicom"), "dicom_outputs": written, "notes": notes})
+    result.warnings.extend(notes)
+    return result
 
 
 def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Optional[float], out_path,

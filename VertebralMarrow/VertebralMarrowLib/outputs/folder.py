@@ -3,6 +3,7 @@ that opens in Slicer."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -17,6 +18,8 @@ from .table import result_document, results_table_node, write_csv, write_json
 
 SCENE_FILE = "VertebralMarrow.mrml"
 SCENE_DATA = "scene-data"
+PLOTS_MISSING = ("plots and chart pictures not drawn, snapshots without their text: matplotlib is not installed "
+                 "(pip install matplotlib; in Slicer: slicer.util.pip_install('matplotlib')); the numbers are complete")
 
 
 def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
@@ -25,9 +28,12 @@ def write_output_folder(app, study: StudyNodes, result: AnalysisResult, out_dir,
     """Write every output of the interface into `out_dir`; return the files written.
     `single_file_report` embeds the pictures in report.html."""
     from .charts import plot_nodes
-    from .figures import write_pictures
+    from .figures import _matplotlib_available, write_pictures
     from .report import write_report
 
+    if not _matplotlib_available():
+        # Slicer does not bundle matplotlib: results.json and the report say what is missing.
+        result = dataclasses.replace(result, warnings=[*result.warnings, PLOTS_MISSING])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scene = app.scene

@@ -33,7 +33,6 @@ def class_color_node(scene, node=None):
     # Shown in color selectors, and saved as a data file of its own, not as a hidden node.
     color.SetHideFromEditors(False)
     color.SetNumberOfColors(len(CLASS_COLORS))
-    color.SetNamesInitialised(True)
     for value, (name, rgba) in CLASS_COLORS.items():
         color.SetColor(value, name, *rgba)
     color.SetAttribute(CLASS_COLORS_ATTRIBUTE, "1")

@@ -1,0 +1,123 @@
+"""The study and the analysis options from the panel's parameter values (any object with the
+parameter node's attribute names: the `@parameterNodeWrapper` instance inside Slicer), and
+why Apply cannot run yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..analysis import StudyNodes
+from ..core.criteria import Options
+from ..core.sequences import SEQUENCES
+from ..errors import InputError
+from ..inputs.nodes import dwi_inputs
+from .series import adc_map_problem
+
+ADC_UNIT_CHOICES = ("auto", "mm2/s", "1e-3", "1e-6")
+FIT_METHOD_CHOICES = ("iwls", "ols")
+
+
+def options_from_parameters(params) -> Options:
+    """The analysis options from the panel's values. b-value limits of 0 mean 'no limit'
+    (the spin boxes show 'all' there).
+
+    A criteria file of the user's own (criteriaFile; empty: the built-in criteria.json)
+    supplies the entity tables, the differential's factors and the references; the numbers
+    the panel sets (cut-off, band, signal thresholds, minimum voxels, CT sclerotic threshold)
+    always come from the panel, overriding the file's."""
+    return Options(
+        adc_cutoff=float(params.cutoff),
+        indeterminate_band=float(params.indeterminateBand),
+        signal_low_below=float(params.signalLowBelow),
+        signal_high_above=float(params.signalHighAbove),
+        min_voxels=int(params.minVoxels),
+        ct_sclerotic_min_hu=float(params.ctScleroticHu),
+        adc_units=str(params.adcUnits),
+        fit_method=str(params.fitMethod),
+        bmin=_limit(params.bmin),
+        bmax=_limit(params.bmax),
+        criteria_path=criteria_file(params.criteriaFile),
+    )
+
+
+def criteria_file(text) -> Optional[Path]:
+    """The criteria file the panel's field names, or None (the built-in one) when it is empty."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"criteria file '{text}' does not exist or is not a file; give the full path of a JSON file in the "
+            "layout of the built-in criteria.json, or clear the Criteria file field to use the built-in one"
+        )
+    return path
+
+
+def _limit(value) -> Optional[float]:
+    return None if value is None or float(value) <= 0 else float(value)
+
+
+def study_from_parameters(params) -> StudyNodes:
+    """The study's nodes from the panel's selections; segment roles come from the segment tags."""
+    if params.segmentation is None:
+        raise InputError("select the segmentation that holds the lesion and normal-marrow ROIs")
+    dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
+    if params.adcVolume is not None and dwi_given:
+        raise InputError("select either an ADC map or DWI (sequence or volumes), not both")
+    if params.adcVolume is None and not dwi_given:
+        raise InputError("select an ADC map, or DWI (a multi-b sequence or one volume per b-value) to fit one")
+    problem = adc_map_problem(params.adcVolume)
+    if problem:
+        raise InputError(problem)
+    dwi, bvalues = ([], [])
+    if dwi_given:
+        dwi, bvalues, _ = dwi_inputs(params.dwiSequence, params.dwiVolumes, params.bvalues)
+    return StudyNodes(
+        segmentation=params.segmentation,
+        adc=params.adcVolume,
+        dwi=dwi,
+        bvalues=bvalues,
+        # t1, t2, fs, ct, in/opposed phase, fat fraction: the one table of the image inputs
+        **{sequence.key: getattr(params, sequence.parameter, None) for sequence in SEQUENCES},
+    )
+
+
+def present(nodes) -> list:
+    """The nodes of a node-list parameter still there: Slicer's list serializer keeps a None
+    for a node deleted from the scene."""
+    return [node for node in (nodes or ()) if node is not None]
+
+
+def apply_blocker(params) -> str:
+    """Why Apply cannot run yet (a sentence for the button's tooltip), or "" when it can.
+    b-values are not checked here: the DWI summary line says what is wrong with them."""
+    if params is None:
+        return "No parameter node."
+    if params.segmentation is None:
+        return "Select the segmentation with the lesion and normal-marrow ROIs."
+    dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
+    if params.adcVolume is None and not dwi_given:
+        return "Select an ADC map, or DWI (a multi-b sequence or volumes) to fit one."
+    if params.adcVolume is not None and dwi_given:
+        return "Select either an ADC map or DWI, not both."
+    if params.dwiSequence is not None and present(params.dwiVolumes):
+        return "Select either a DWI sequence or DWI volumes, not both."
+    problem = adc_map_problem(params.adcVolume)
+    if problem:
+        return problem[0].upper() + problem[1:] + "."
+    return ""
+
+
+def dwi_summary(params) -> str:
+    """One line for the panel under the DWI inputs: which b-value goes with which volume, or
+    what is wrong; empty when no DWI is selected."""
+    if params.dwiSequence is None and not present(params.dwiVolumes):
+        return ""
+    try:
+        nodes, bvalues, source = dwi_inputs(params.dwiSequence, params.dwiVolumes, params.bvalues)
+    except InputError as error:
+        return f"DWI: {error}"
+    pairs = "; ".join(f"b={b:g}: {node.GetName()}" for node, b in zip(nodes, bvalues))
+    return f"DWI, {len(nodes)} volumes, b-values from {source} (s/mm^2): {pairs}"
