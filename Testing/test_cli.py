@@ -62,7 +62,7 @@ def dwi_paths(folder, truth):
 def independent_means(folder: Path, truth: dict):
     """Per segment: (count, mean ADC in 10^-3) from SimpleITK NN resampling of the .seg.nrrd's
     own labelmap onto the scanner map, numpy mean of its integers x 10^-3; the scanner's 0 is
-    no value (mean None where no voxel has one)."""
+    no value (mean None where no voxel has one; the count is every ROI voxel)."""
     adc_image = sitk.ReadImage(str(folder / truth["files"]["adc"]))
     adc = sitk.GetArrayFromImage(adc_image).astype(np.float64) * 1e-3
     seg = sitk.ReadImage(str(folder / truth["files"]["seg"]))
@@ -73,7 +73,7 @@ def independent_means(folder: Path, truth: dict):
         labels = sitk.GetArrayFromImage(sitk.Resample(image, adc_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
         mask = labels == int(seg.GetMetaData(f"Segment{n}_LabelValue"))
         values = adc[mask & (adc > 0)]
-        out[seg.GetMetaData(f"Segment{n}_Name")] = (int(values.size), float(values.mean()) if values.size else None)
+        out[seg.GetMetaData(f"Segment{n}_Name")] = (int(mask.sum()), float(values.mean()) if values.size else None)
         n += 1
     return out
 

@@ -500,8 +500,9 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
     row = {
         "segment": name,
         "role": role,
-        "n_voxels_adc": adc.get("n", 0),
-        "volume_ml": adc.get("n", 0) * voxel_volume_mm3(adc_node) / 1000.0,
+        # the ROI's voxels on the ADC grid, with or without a value (no DWI signal)
+        "n_voxels_adc": adc.get("n", 0) + adc.get("n_nonfinite", 0),
+        "volume_ml": (adc.get("n", 0) + adc.get("n_nonfinite", 0)) * voxel_volume_mm3(adc_node) / 1000.0,
         "adc_mean": mean_adc,
         "adc_median": adc.get("median"),
         "adc_sd": adc.get("sd"),
