@@ -332,13 +332,19 @@ def test_without_matplotlib_snapshots_are_still_written(live, tmp_path, monkeypa
 # --- plots --------------------------------------------------------------------------------
 
 
+def _with_adc(result, row) -> int:
+    """The lesion's ADC voxels that have a value (n_voxels_adc counts those without, too)."""
+    detail = next(d for d in result.segments if d["name"] == row["segment"])
+    return row["n_voxels_adc"] - detail["adc_nonfinite_voxels"]
+
+
 def test_histograms_and_summary_plot_are_drawn(run):
     """Each lesion's inline SVG histogram counts every one of its ADC voxels, in bars of its
     class colour (the class table's) for lesions clear of the cut-off; the summary is a PNG."""
     colours = {c.key: c.hex for c in CLASSES}
     for row in _lesions(run.result):
         bars = run.parsed.lesion_bars(row["segment"])
-        assert sum(count for _, count in bars) == row["n_voxels_adc"], row["segment"]
+        assert sum(count for _, count in bars) == _with_adc(run.result, row), row["segment"]
     for row in _lesions(run.result, clear_only=True):
         bars = run.parsed.lesion_bars(row["segment"])
         own = sum(count for fill, count in bars if fill == colours[row["adc_class"]])
@@ -353,7 +359,7 @@ def test_histograms_and_summary_plot_are_drawn(run):
 def test_plot_chart_nodes_hold_every_lesion_voxel(live):
     charts = plot_nodes(live.scene, live.result)
     # a lesion without an ADC voxel centre (the bone island's no DWI signal, the 5-mm focus) has no histogram
-    lesions = [row for row in live.result.lesion_rows if row["n_voxels_adc"] > 0]
+    lesions = [row for row in live.result.lesion_rows if _with_adc(live.result, row) > 0]
     assert len(charts) == len(lesions) + 1
     for chart in charts:
         assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() >= 1
@@ -362,7 +368,7 @@ def test_plot_chart_nodes_hold_every_lesion_voxel(live):
     for chart, row in zip(charts, lesions):
         table = chart.GetNthPlotSeriesNode(0).GetTableNode().GetTable()
         counts = table.GetColumnByName("voxels")
-        assert sum(counts.GetValue(n) for n in range(counts.GetNumberOfValues())) == row["n_voxels_adc"]
+        assert sum(counts.GetValue(n) for n in range(counts.GetNumberOfValues())) == _with_adc(live.result, row)
     summary = charts[-1].GetNthPlotSeriesNode(0).GetTableNode()
     measured = [r["segment"] for r in live.result.rows if r["adc_mean"] is not None]  # not the bone island
     assert summary.GetNumberOfRows() == len(measured)
