@@ -18,6 +18,7 @@ from .core.adc import decide_adc_units, fit_adc_volume, group_shells, select_bva
 from .core.criteria import Options
 from .core.differential import LesionFindings, rank_differential, summarize
 from .errors import InputError
+from .inputs.validate import check_study_nodes, check_unique_names
 from .mrml import (
     SegmentsOnGrid,
     array_of,
@@ -104,6 +105,9 @@ def analyze(
     cancelled: Optional[Callable[[], bool]] = None,
 ) -> AnalysisResult:
     """Analyse one study. `app` is the headless app (mrml.new_scene) or None inside Slicer."""
+    if options is not None and not isinstance(options, Options):
+        raise InputError(f"options must be VertebralMarrowLib Options, got {type(options).__name__}")
+    check_study_nodes(study)
     resolved = (options or Options()).resolved()
     warnings: List[str] = []
 
@@ -118,6 +122,7 @@ def analyze(
         raise InputError("the segmentation has no segments; draw lesion and normal-marrow ROIs first")
     ids = segment_ids(segmentation)
     names = {sid: segment_name(segmentation, sid) for sid in ids}
+    check_unique_names(list(names.values()), f"segmentation '{segmentation.GetName()}'")
     roles = _roles(segmentation, ids, names, study.roles, resolved.reference_segments)
     unknown = [name for name in list(study.roles) + list(study.spread) if name not in names.values()]
     if unknown:

@@ -6,6 +6,7 @@ Exit status 0 on success, 2 on bad input with one line `error: ...`.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,32 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise InputError(f"{message} (see {self.prog} --help)")
+
+
+def _seed(text: str) -> int:
+    """A random seed: numpy takes whole numbers from 0 to 2^32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 to {2 ** 32 - 1}")
+    return value
+
+
+# A value that starts with '-' ("--bvalues -50,0,400") looks like an option to argparse, which
+# then says "expected one argument"; attaching it with '=' lets the option's own check speak.
+_NUMBER_LIKE = re.compile(r"^-[0-9.,\s]")
+
+
+def _attach_negative_values(argv: List[str]) -> List[str]:
+    out: List[str] = []
+    for text in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NUMBER_LIKE.match(text):
+            out[-1] = f"{out[-1]}={text}"
+        else:
+            out.append(text)
+    return out
 
 
 def _progress(verbose: bool, stream=None):
@@ -125,12 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     phantom = commands.add_parser("phantom", help="write the synthetic spine study")
     phantom.add_argument("--out", type=Path, required=True)
-    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--seed", type=_seed, default=0, help="random seed, 0 to 2^32 - 1")
     phantom.add_argument("--dicom", action="store_true", help="also write the study as DICOM series in OUT/dicom")
 
     demo = commands.add_parser("demo", help="the synthetic study, then the whole analysis on it")
     demo.add_argument("--out", type=Path, required=True)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed, 0 to 2^32 - 1")
 
     cohort = commands.add_parser("cohort", help="sensitivity, specificity, ROC over many lesions")
     cohort.add_argument("csv", type=Path, help="CSV with columns adc (10^-3 mm^2/s) and truth (malignant|benign), "
@@ -153,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
         if not getattr(args, "verbose", False):
             _quiet_native_logs(args.command)
         return _run(args)

@@ -20,10 +20,10 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
+from .inputs.validate import ROLES, check_grid_size, check_image, check_labels, check_unique_names, read_text
 from .inputs.dwi_files import ijk_to_ras_of_sitk
 
 ROLE_TAG = "VertebralMarrow.Role"
-ROLES = ("lesion", "reference", "disc", "muscle", "ignore")
 
 
 # --- the headless scene -------------------------------------------------------------------
@@ -57,13 +57,6 @@ def new_scene() -> HeadlessApp:
 # --- files into nodes ---------------------------------------------------------------------
 
 
-def _require_file(path: Path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    return path
-
-
 def _read_into(scene, node, storage_node, path: Path, what: str):
     storage_node.SetFileName(str(path))
     scene.AddNode(storage_node)
@@ -87,23 +80,33 @@ def _node_name(path: Path) -> str:
 
 def load_volume(scene, path, what: str = "volume", labelmap: bool = False):
     """A scalar (or labelmap) volume node read from NRRD, NIfTI or MHA, keeping the file's
-    origin, spacing and direction. SimpleITK is the fallback reader."""
-    path = _require_file(path, what)
+    origin, spacing and direction. SimpleITK is the fallback reader. The file is checked
+    first (complete, 3-D scalar, spacing in mm; a labelmap's label range), so that no native
+    reader meets a file that would abort the process."""
+    path = Path(path)
+    check_image(path, what, "labelmap" if labelmap else "volume")
     node_class = slicer.vtkMRMLLabelMapVolumeNode if labelmap else slicer.vtkMRMLScalarVolumeNode
     node = _read_into(scene, node_class(), slicer.vtkMRMLVolumeArchetypeStorageNode(), path, what)
-    if node is not None and node.GetImageData().GetNumberOfScalarComponents() == 1:
-        return node
-    if node is not None:
-        scene.RemoveNode(node)
-    array_kji, ijk_to_ras = read_image_sitk(path, what)
-    if array_kji.ndim != 3:
-        raise InputError(f"{what} {path} is {array_kji.ndim}-D; a 3-D volume is needed here")
-    return volume_from_array(scene, array_kji, ijk_to_ras, _node_name(path), labelmap=labelmap)
+    if node is None or node.GetImageData().GetNumberOfScalarComponents() != 1:
+        if node is not None:
+            scene.RemoveNode(node)
+        array_kji, ijk_to_ras = _read_sitk(path, what)
+        if array_kji.ndim != 3:
+            raise InputError(f"{what} {path} is {array_kji.ndim}-D; a 3-D volume is needed here")
+        node = volume_from_array(scene, array_kji, ijk_to_ras, _node_name(path), labelmap=labelmap)
+    if labelmap:
+        check_labels(slicer.util.arrayFromVolume(node), path, what)
+    return node
 
 
 def read_image_sitk(path, what: str = "image") -> Tuple[np.ndarray, np.ndarray]:
-    """Array (k, j, i[, component]) and IJK-to-RAS matrix of an image SimpleITK reads.
-    A 4-D image's fourth axis comes last in the array."""
+    """Array (k, j, i[, component]) and IJK-to-RAS matrix of a 3-D or 4-D scalar image
+    SimpleITK reads, checked first. A 4-D image's fourth axis comes last in the array."""
+    check_image(path, what, "dwi")
+    return _read_sitk(Path(path), what)
+
+
+def _read_sitk(path: Path, what: str) -> Tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
     try:
@@ -120,8 +123,9 @@ def read_image_sitk(path, what: str = "image") -> Tuple[np.ndarray, np.ndarray]:
 def load_segmentation(scene, app: Optional[HeadlessApp], path, label_names: Optional[Path] = None):
     """A segmentation node from a `.seg.nrrd`, or from a labelmap whose names come from a
     Slicer color-table file (labels without a name become `label_N`)."""
-    path = _require_file(path, "segmentation")
+    path = Path(path)
     if str(path).lower().endswith(".seg.nrrd"):
+        check_image(path, "segmentation", "segmentation")
         node = _read_into(scene, slicer.vtkMRMLSegmentationNode(), slicer.vtkMRMLSegmentationStorageNode(), path, "segmentation")
         if node is None:
             raise InputError(f"cannot read segmentation {path}: not a Slicer .seg.nrrd")
@@ -133,6 +137,7 @@ def load_segmentation(scene, app: Optional[HeadlessApp], path, label_names: Opti
         scene.RemoveNode(labelmap)
     if node.GetSegmentation().GetNumberOfSegments() == 0:
         raise InputError(f"segmentation {path} has no segments")
+    check_unique_names([segment_name(node, sid) for sid in segment_ids(node)], f"segmentation {path}")
     return node
 
 
@@ -142,9 +147,8 @@ def read_label_names(path) -> Dict[int, str]:
     Read as Slicer's own color-table reader does (an underscore in a name stands for a space:
     `L3_normal` is 'L3 normal'), and also keeping a name written with spaces whole (Slicer's
     reader would cut 'L3 normal' to 'L3', and the segment would lose its reference role)."""
-    path = _require_file(path, "label names")
-    names = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    names: Dict[int, str] = {}
+    for number, line in enumerate(read_text(path, "label names file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -157,8 +161,12 @@ def read_label_names(path) -> Dict[int, str]:
         except (ValueError, IndexError):
             value = None
         if value is None or not name_parts:
-            raise InputError(f"{path} line {number}: expected 'value name r g b a', got '{line}'")
+            raise InputError(f"label names file {path} line {number}: expected 'value name r g b a' "
+                             f"separated by spaces, got '{line[:60]}'")
+        if value in names:
+            raise InputError(f"label names file {path} line {number}: label {value} is named twice")
         names[value] = " ".join(name_parts).replace("_", " ")
+    check_unique_names(list(names.values()), f"label names file {path}")
     return names
 
 
@@ -325,6 +333,7 @@ def segments_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, ids: 
     segment lying outside the volume."""
     logic = _segmentations_logic(scene, app)
     segmentation = segmentation_node.GetSegmentation()
+    _check_export_size(segmentation_node, volume_node)
     wanted = set(ids)
     layers: List[List[str]] = []
     for layer in range(segmentation.GetNumberOfLayers()):
@@ -389,6 +398,19 @@ def segment_fractions_on_grid(scene, app: Optional[HeadlessApp], segmentation_no
     k, j, i = np.nonzero(fractions)
     flat = np.ravel_multi_index((k + low[2], j + low[1], i + low[0]), shape_kji)
     return flat.astype(np.int64), fractions[k, j, i]
+
+
+def _check_export_size(segmentation_node, volume_node) -> None:
+    """The export allocates the segments' bounding box at the volume's spacing: bound it
+    first, since ITK/VTK end the process on an allocation failure."""
+    bounds = np.zeros(6)
+    segmentation_node.GetRASBounds(bounds)
+    extent_mm = np.maximum(bounds[1::2] - bounds[0::2], 0.0)
+    spacing = np.abs(np.asarray(volume_node.GetSpacing(), float))
+    if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
+        raise InputError(f"volume '{volume_node.GetName()}' has voxel spacing {tuple(spacing)}; it must be positive")
+    voxels = float(np.prod(extent_mm / spacing + 1.0))
+    check_grid_size(voxels, f"the segments of '{segmentation_node.GetName()}' on the grid of '{volume_node.GetName()}'")
 
 
 def _remove_with_helpers(scene, labelmap_node) -> None:

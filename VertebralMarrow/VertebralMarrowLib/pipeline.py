@@ -6,8 +6,10 @@ runs that need it, inside them."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -27,20 +29,50 @@ def _scaled(progress: Progress, start: float, stop: float) -> Progress:
     return lambda fraction, text: progress(start + (stop - start) * fraction, text)
 
 
+def _input_paths(files: StudyFiles, options: Optional[Options]) -> List[Tuple[str, Path]]:
+    from .core.sequences import SEQUENCES
+
+    inputs = [("--seg", files.seg), ("--label-names", files.label_names), ("--adc", files.adc),
+              ("--dwi-dicom", files.dwi_dicom)] + [("--dwi", path) for path in files.dwi]
+    inputs += [(sequence.flag, getattr(files, sequence.key)) for sequence in SEQUENCES]
+    if options is not None and options.criteria_path is not None:
+        inputs.append(("--criteria", Path(options.criteria_path)))
+    return [(flag, Path(path)) for flag, path in inputs if path is not None]
+
+
+def _check_files(files) -> None:
+    from .inputs.study import StudyFiles
+
+    if not isinstance(files, StudyFiles):
+        raise InputError(f"files must be StudyFiles, got {type(files).__name__}")
+
+
 def run_analysis(files: StudyFiles, options: Optional[Options], out_dir, progress: Progress = None,
                  single_file_report: bool = False) -> AnalysisResult:
-    """Load the study, analyse it and write every output into `out_dir` (`single_file_report`:
-    report.html with its pictures inside)."""
+    """Load the study, analyse it and write every output into `out_dir`, whole or not at all
+    (`single_file_report`: report.html with its pictures inside). The output folder may
+    neither be nor contain an input (it is replaced whole)."""
+    from .inputs.validate import check_output_not_input
+    from .outputs.folder import staged_folder
+
+    _check_files(files)
+    check_output_not_input([("--out", Path(out_dir))], _input_paths(files, options))
+    with staged_folder(out_dir) as stage:
+        return _analyze_into(files, options, stage, progress, single_file_report)
+
+
+def _analyze_into(files: StudyFiles, options: Optional[Options], folder: Path, progress: Progress,
+                  single_file_report: bool = False) -> AnalysisResult:
     from .analysis import analyze
     from .inputs.study import load_study
     from .mrml import new_scene
-    from .outputs.folder import write_output_folder
+    from .outputs.folder import write_outputs_into
 
     app = new_scene()
     study = load_study(app, files)
     result = analyze(app.scene, study, options, app=app, progress=_scaled(progress, 0.0, 0.5))
-    write_output_folder(app, study, result, out_dir, progress=_scaled(progress, 0.5, 1.0),
-                        single_file_report=single_file_report)
+    write_outputs_into(app, study, result, folder, progress=_scaled(progress, 0.5, 1.0),
+                       single_file_report=single_file_report)
     return result
 
 
@@ -101,31 +133,34 @@ def _export_dicom(result: AnalysisResult, reference_files: list, out_dir: Path, 
 
 
 def run_demo(out_dir, seed: int = 0, progress: Progress = None) -> AnalysisResult:
-    """The synthetic study into out_dir/study, then the analysis of it into out_dir."""
+    """The synthetic study into out_dir/study, then the analysis of it into out_dir (both
+    written whole or not at all)."""
     from .inputs.study import StudyFiles
+    from .outputs.folder import staged_folder
     from .phantom import make_phantom
 
-    out = Path(out_dir)
-    study_dir = out / "study"
-    truth = make_phantom(study_dir, seed, _scaled(progress, 0.0, 0.3))
-    names = truth["files"]
-    files = StudyFiles(
-        seg=study_dir / names["seg"], adc=study_dir / names["adc"],
-        t1=study_dir / names["t1"], t2=study_dir / names["t2"], fs=study_dir / names["fs"], ct=study_dir / names["ct"],
-    )
-    result = run_analysis(files, Options(), out, _scaled(progress, 0.3, 0.9))
-    # The study also as DICOM series, and the results as DICOM SEG, SR and parametric map on
-    # the scanner ADC map's series (the grid the demo measures on).
-    from .phantom_dicom import write_phantom_dicom
+    with staged_folder(out_dir) as stage:
+        study_dir = stage / "study"
+        truth = make_phantom(study_dir, seed, _scaled(progress, 0.0, 0.3))
+        names = truth["files"]
+        files = StudyFiles(
+            seg=study_dir / names["seg"], adc=study_dir / names["adc"],
+            t1=study_dir / names["t1"], t2=study_dir / names["t2"], fs=study_dir / names["fs"], ct=study_dir / names["ct"],
+        )
+        result = _analyze_into(files, Options(), stage, _scaled(progress, 0.3, 0.9))
+        # The study also as DICOM series, and the results as DICOM SEG, SR and parametric map on
+        # the scanner ADC map's series (the grid the demo measures on).
+        from .phantom_dicom import write_phantom_dicom
 
-    if progress:
-        progress(0.9, "DICOM series and DICOM results")
-    series = write_phantom_dicom(study_dir, study_dir / "dicom", seed, names)
-    notes: list = []
-    written = _export_dicom(result, sorted(series["adc"].iterdir()), out / "dicom", notes, fitted=False)
-    _add_to_results_json(out, "dicom", {"folder": str(study_dir / "dicom"), "dicom_outputs": written, "notes": notes})
-    result.warnings.extend(notes)
-    return result
+        if progress:
+            progress(0.9, "DICOM series and DICOM results")
+        series = write_phantom_dicom(study_dir, study_dir / "dicom", seed, names)
+        notes: list = []
+        written = _export_dicom(result, sorted(series["adc"].iterdir()), stage / "dicom", notes, fitted=False)
+        _add_to_results_json(stage, "dicom", {"folder": str(Path(out_dir) / "study" / "dicom"),
+                                              "dicom_outputs": written, "notes": notes})
+        result.warnings.extend(notes)
+        return result
 
 
 def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Optional[float], out_path,
@@ -133,27 +168,57 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
     """Fit DWI into an ADC map file (float32, 10^-3 mm^2/s, DWI grid, the unit in the file);
     return the b-values (shells) used. A map without one finite voxel is an error, not written."""
     from .core.adc import _check_method, fit_adc_volume, group_shells, select_bvalues
-    from .outputs.map_file import check_map_path, write_map
+    from .outputs.map_file import MAP_SUFFIXES, check_map_path, write_map
+
+    from .core.criteria import checked_number
+    from .inputs.validate import check_bvalues, check_dwi_paths, check_image, check_output_not_input, check_signal
 
     _check_method(method)
     check_map_path(out_path)
+    _check_files(files)
+    for name, value in (("--bmin", bmin), ("--bmax", bmax)):
+        if value is not None:
+            checked_number(value, name, 0.0)
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise InputError(f"--out {out_path} is a folder; give the ADC map's file name, e.g. adc.nrrd")
+    check_output_not_input([("--out", out_path)], _input_paths(files, None))
     if files.dwi:
         from .inputs.dwi_files import read_dwi_files
 
-        dwi = read_dwi_files(files.dwi, files.bvalues)
+        paths, given = check_dwi_paths(files.dwi, files.bvalues)
+        for path in paths:
+            check_image(path, "DWI", "dwi", complete=False)  # header, sizes, spacing; the read checks the rest
+        dwi = read_dwi_files(paths, given)
         volumes, bvalues, ijk_to_ras = dwi.volumes, dwi.bvalues, dwi.ijk_to_ras
+        where = f"DWI {paths[0]}" if len(paths) == 1 else "DWI"
     else:
         from .inputs.dicom_dwi import read_dwi_dicom
 
         series = read_dwi_dicom(files.dwi_dicom)
         volumes, bvalues, ijk_to_ras = series.volumes, series.bvalues, series.ijk_to_ras
+        where = f"DWI DICOM {files.dwi_dicom}"
+    bvalues = check_bvalues(bvalues, f"b-values of {where}")
     kept = select_bvalues(bvalues, bmin, bmax)
     used = [bvalues[i] for i in kept]
     adc = fit_adc_volume([volumes[i] for i in kept], used, method, progress)
     if not _any_finite(adc):
         raise InputError(f"the ADC fit gave no finite voxel (b = {', '.join(f'{b:g}' for b in used)} s/mm^2): "
                          "every voxel lacks positive signal at two b-values; is this DWI?")
-    write_map(out_path, adc, ijk_to_ras, compress=compress)
+    for i in kept:  # a b-value image without signal must not be reported as used
+        check_signal(volumes[i], f"{where} (b = {bvalues[i]:g})")
+    if out_path.name.lower().endswith((".nhdr", ".mhd")):  # header and data files: written in place
+        write_map(out_path, adc, ijk_to_ras, compress=compress)
+    else:
+        # Written beside the target under a temporary name (same suffix, so the same writer) and
+        # moved into place: an interrupted run leaves the previous map or none, never half of one.
+        suffix = next(s for s in MAP_SUFFIXES if out_path.name.lower().endswith(s))
+        temporary = out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
+        try:
+            write_map(temporary, adc, ijk_to_ras, compress=compress)
+            os.replace(temporary, out_path)
+        finally:
+            temporary.unlink(missing_ok=True)
     return group_shells(used)[0]
 
 

@@ -32,6 +32,10 @@ UNIT_TEXT = {"mm2/s": "mm^2/s", "1e-3": "10^-3 mm^2/s", "1e-6": "10^-6 mm^2/s"}
 _MM2_MAX = 0.03
 _1E3_MAX = 20.0
 
+# Median of a map's non-zero voxels (tissue and background noise), in 10^-3 mm^2/s, that any
+# real ADC map has: marrow is about 0.4, free water 3.0; a thousandfold unit error lands far out.
+_PLAUSIBLE_MEDIAN_1E3 = (0.01, 10.0)
+
 FIT_CHUNK_VOXELS = 1 << 16   # 64 K voxels: a chunk's buffers stay in the CPU caches
 FIT_THREADS = min(os.cpu_count() or 1, 8)
 # Reweighting steps of the 'iwls' fit: one is the weighted linear least squares of Veraart et
@@ -68,18 +72,26 @@ def decide_adc_units(values: np.ndarray, stored_as_integers: bool, requested: st
         raise InputError("ADC map has no positive values; an ADC map is positive inside tissue")
     if (nonzero < 0).mean() > 0.5:
         raise InputError("ADC map is mostly negative; an ADC map is positive inside tissue")
-    if requested != "auto":
-        if requested not in UNIT_SCALE_TO_1E3:
-            raise InputError(f"ADC units '{requested}' unknown; use auto, mm2/s, 1e-3 or 1e-6")
-        return UnitDecision(requested, UNIT_SCALE_TO_1E3[requested], f"{UNIT_TEXT[requested]} (given by the user)")
     median = float(np.median(positive))
-    kind = "integers" if stored_as_integers else "floats"
     if median < _MM2_MAX:
         unit = "mm2/s"
     elif median < _1E3_MAX:
         unit = "1e-3"
     else:
         unit = "1e-6"
+    if requested != "auto":
+        if requested not in UNIT_SCALE_TO_1E3:
+            raise InputError(f"ADC units '{requested}' unknown; use auto, mm2/s, 1e-3 or 1e-6")
+        # A unit off by 1000 turns every lesion malignant (or benign) without a sign: refuse a
+        # map whose values make no sense in the unit given and name the unit they fit.
+        in_1e3 = median * UNIT_SCALE_TO_1E3[requested]
+        if requested != unit and not _PLAUSIBLE_MEDIAN_1E3[0] <= in_1e3 <= _PLAUSIBLE_MEDIAN_1E3[1]:
+            raise InputError(
+                f"--adc-units {requested}: the map's median non-zero value {median:.4g} would be {in_1e3:.4g} x 10^-3 "
+                f"mm^2/s, implausible for tissue; the map looks like {UNIT_TEXT[unit]}: use --adc-units {unit} or auto"
+            )
+        return UnitDecision(requested, UNIT_SCALE_TO_1E3[requested], f"{UNIT_TEXT[requested]} (given by the user)")
+    kind = "integers" if stored_as_integers else "floats"
     how = (
         f"{UNIT_TEXT[unit]} (auto: map stored as {kind}, median of non-zero voxels {median:.4g}; "
         f"override with --adc-units)"

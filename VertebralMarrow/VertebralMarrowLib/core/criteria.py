@@ -44,17 +44,115 @@ def load_criteria(path: Optional[Path] = None) -> dict:
     source = Path(path) if path else CRITERIA_PATH
     try:
         criteria = json.loads(_criteria_text(str(source)))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read criteria file {source}: {exc}") from None
-    if source != CRITERIA_PATH:
+    if source != CRITERIA_PATH and isinstance(criteria, dict):
         # A file written before a section existed takes that section from the bundled file.
         bundled = json.loads(_criteria_text(str(CRITERIA_PATH)))
         for section, value in bundled.items():
             criteria.setdefault(section, value)
-    missing = [key for key in ENTITY_KEYS if key not in criteria.get("entities", {})]
-    if missing:
-        raise InputError(f"criteria file {source} lacks entities: {', '.join(missing)}")
+    check_criteria(criteria, f"criteria file {source}")
     return copy.deepcopy(criteria)
+
+
+SIGNS = ("low", "iso", "high")
+
+
+def check_criteria(criteria, where: str) -> None:
+    """Every field the analysis reads is there, of its type and in its range; the message
+    names the field by its path (e.g. entities.hemangioma.adc.sd)."""
+    if not isinstance(criteria, dict):
+        raise InputError(f"{where} must hold a JSON object ({{...}}, as criteria.json does), not a {type(criteria).__name__}")
+
+    def get(path: str, kind=dict):
+        value = criteria
+        for part in path.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise InputError(f"{where} lacks the field '{path}'")
+            value = value[part]
+        if kind is not None and not isinstance(value, kind):
+            raise InputError(f"{where}: field '{path}' must be a {kind.__name__}, got {value!r}")
+        return value
+
+    def number(path: str, low=None, high=None, low_open=False, integer=False):
+        value = get(path, None)
+        checked_number(value, f"{where}: field '{path}'", low, high, low_open, integer)
+
+    get("references")
+    number("adc_cutoff.value", 0.0, None, low_open=True)
+    number("indeterminate_band.value", 0.0)
+    number("signal_ratio.low_below", 0.0, low_open=True)
+    number("signal_ratio.high_above", 0.0, low_open=True)
+    number("min_voxels.value", 1, integer=True)
+    number("ct.sclerotic_min_hu")
+    # the tiers and the signs read first (core/tiers.py)
+    number("adc_tiers.marrow_max.value", 0.0)
+    number("overriding_signs.bone_island_min_hu.value")
+    number("overriding_signs.fat_t1_ratio_min.value", 0.0, low_open=True)
+    number("overriding_signs.fat_fraction_min_percent.value", 0.0, 100.0)
+    number("overriding_signs.chemical_shift_drop_below.value", 0.0, low_open=True)
+    number("overriding_signs.no_dwi_signal.b0_below_reference_fraction", 0.0, 1.0)
+    number("small_roi.supersample", 1, integer=True)
+    for path in ("normal_marrow.adc", "normal_marrow.ct_hu"):
+        number(path + ".mean")
+        number(path + ".sd", 0.0, low_open=True)
+    entities = get("entities")
+    missing = [key for key in ENTITY_KEYS if key not in entities]
+    if missing:
+        raise InputError(f"{where} lacks entities: {', '.join(missing)}")
+    for key, entity in entities.items():
+        base = f"entities.{key}"
+        get(base)
+        number(base + ".adc.mean", 0.0, low_open=True)
+        number(base + ".adc.sd", 0.0, low_open=True)
+        for sequence in ("t1", "t2", "fs"):
+            signs = entity.get(sequence, [])
+            if not isinstance(signs, list) or any(sign not in SIGNS for sign in signs):
+                raise InputError(f"{where}: field '{base}.{sequence}' must be a list of {', '.join(SIGNS)}, got {signs!r}")
+        if entity.get("ct_hu") is not None:
+            number(base + ".ct_hu.mean")
+            number(base + ".ct_hu.sd", 0.0, low_open=True)
+    get("differential")  # its factors are checked by name where the differential reads them
+    extras = criteria.get("extra_criteria", {})
+    if not isinstance(extras, dict):
+        raise InputError(f"{where}: field 'extra_criteria' must be an object, got {extras!r}")
+    for name, spec in extras.items():
+        if not isinstance(spec, dict):
+            continue  # "_about" and other notes
+        base = f"extra_criteria.{name}"
+        for field_name in ("sensitivity", "specificity"):
+            if field_name in spec:
+                number(f"{base}.{field_name}", 0.0, 1.0)
+        for field_name in ("malignant_above", "malignant_below"):
+            if field_name in spec:
+                number(f"{base}.{field_name}")
+        if "smoothing" in spec:
+            number(f"{base}.smoothing", 0.0)
+        for cls, counts in (spec.get("counts") or {}).items():
+            for outcome in (counts if isinstance(counts, dict) else {}):
+                number(f"{base}.counts.{cls}.{outcome}", 0.0)
+
+
+def checked_number(value, name: str, low=None, high=None, low_open=False, integer=False):
+    """`value` as a finite float (or int) within [low, high] (low excluded when low_open);
+    otherwise an InputError naming `name` and the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number{_range_text(low, high, low_open)}, got {value!r}")
+    if integer and value != int(value):
+        raise InputError(f"{name} must be a whole number{_range_text(low, high, low_open)}, got {value!r}")
+    if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
+        raise InputError(f"{name} must be{_range_text(low, high, low_open)}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _range_text(low, high, low_open) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'above' if low_open else 'at least'} {low:g}"
+    if low is None:
+        return f" at most {high:g}"
+    return f" in {'(' if low_open else '['}{low:g}, {high:g}]"
 
 
 def citation(criteria: dict, source_key: str) -> str:
@@ -181,11 +279,18 @@ class Options:
         values = {}
         for setting in SETTINGS:
             value = getattr(self, setting.name)
-            values[setting.name] = setting.default_value(criteria) if value is None else _checked(setting, value)
+            value = setting.default_value(criteria) if value is None else value  # a criteria file's too
+            values[setting.name] = None if value is None else _checked(setting, value)
         if isinstance(self.reference_segments, str):  # one name, never its letters
             references = (self.reference_segments,)
         else:
-            references = tuple(self.reference_segments)
+            try:
+                references = tuple(self.reference_segments)
+            except TypeError:
+                references = (None,)
+        if not all(isinstance(name, str) for name in references):
+            raise InputError(f"reference segments must be segment names, got {self.reference_segments!r}",
+                             field="reference_segments")
         bvalues = None if self.adc_bvalues is None else tuple(float(b) for b in self.adc_bvalues)
         resolved = dataclasses.replace(self, **values, reference_segments=references, criteria=criteria,
                                        adc_bvalues=bvalues)

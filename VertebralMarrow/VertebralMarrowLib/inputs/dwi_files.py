@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from .validate import read_text
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -137,7 +138,7 @@ def bvalues_from_metadata(path: Path, count: int) -> List[float]:
     sidecar = bval_sidecar(path)
     if sidecar is not None:
         try:
-            values = [float(v) for v in sidecar.read_text().split()]
+            values = [float(v) for v in read_text(sidecar, "b-values file").split()]  # not UTF-8: one line
         except ValueError:
             raise InputError(f"{sidecar} is not a list of b-values (numbers separated by spaces)") from None
         if len(values) != count:
