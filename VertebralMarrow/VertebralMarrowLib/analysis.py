@@ -188,8 +188,8 @@ def analyze(
                                   unmeasured, resolved, warnings)
     for sid, stats in adc_stats.items():
         if stats.get("n_nonfinite"):
-            what = NO_DWI_SIGNAL_TEXT if sid in dense else "no ADC (0 or not fitted)"
-            warnings.append(f"ROI '{names[sid]}': {stats['n_nonfinite']} voxels have {what} and are left out")
+            what = f": {NO_DWI_SIGNAL_TEXT}" if sid in dense else " (NaN, 0 in a scanner map, or not fitted)"
+            warnings.append(f"ROI '{names[sid]}': {stats['n_nonfinite']} voxels are without a value{what}; left out")
     if len(unmeasured) == len(measured):
         raise InputError("no ROI can be measured on the ADC map: " + "; ".join(f"'{names[s]}' {why}" for s, why in unmeasured.items()))
 

@@ -46,11 +46,6 @@ def load_criteria(path: Optional[Path] = None) -> dict:
         criteria = json.loads(_criteria_text(str(source)))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read criteria file {source}: {exc}") from None
-    if source != CRITERIA_PATH and isinstance(criteria, dict):
-        # A file written before a section existed takes that section from the bundled file.
-        bundled = json.loads(_criteria_text(str(CRITERIA_PATH)))
-        for section, value in bundled.items():
-            criteria.setdefault(section, value)
     check_criteria(criteria, f"criteria file {source}")
     return copy.deepcopy(criteria)
 

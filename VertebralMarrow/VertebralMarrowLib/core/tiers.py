@@ -174,6 +174,8 @@ def _read(adc: dict, options, t1_ratio, t1_signal, t2_signal, ct_mean_hu, fat_fr
     if tier is None:
         silent = no_dwi_signal_fraction >= 0.5 or (dense and no_dwi_signal_fraction > 0)
         text = NO_DWI_SIGNAL_TEXT if silent else "no ADC value in the ROI"
+        if adc.get("n_nonfinite"):
+            reasons.append(f"{adc['n_nonfinite']} voxels without a value (NaN, 0 in a scanner map, or not fitted)")
         return LesionReading("n/a", None, "no_adc", text, [text] + reasons, False, None, None, VOXEL_BY_ADC)
     text = tier_text(tier, cutoff, band, marrow_max)
     if heterogeneous:
