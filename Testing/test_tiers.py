@@ -14,7 +14,7 @@ from VertebralMarrowLib.core.criteria import Options
 from VertebralMarrowLib.core.stats import roi_statistics, weighted_statistics
 from VertebralMarrowLib.core.tiers import paint_lesion, read_lesion
 from VertebralMarrowLib.errors import InputError
-from VertebralMarrowLib.mrml import new_scene, segmentation_from_labelmap, set_segment_role, volume_from_array
+from VertebralMarrowLib.mrml import new_scene, segmentation_from_labelmap, volume_from_array
 
 DEFAULTS = Options().resolved()
 MARROW, MALIGNANT, INDETERMINATE, BENIGN = 4, 3, 2, 1

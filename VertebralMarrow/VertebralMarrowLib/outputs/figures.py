@@ -78,7 +78,6 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
 def _lesion_snapshot(views: List[View], images: List[str], row: dict, result, path: Path) -> Picture:
     """The lesion's views written by rendering.write_views_png; what they show is the caption."""
     name = row["segment"]
-    cutoff = result.options.adc_cutoff
     class_text = _row_class_text(row, result)
     adc_text = f"mean ADC {_num(row['adc_mean'])} ± {_num(row['adc_sd'])} ×10⁻³ mm²/s"
     shown = " and ".join(_image_words(image) for image in images)
