@@ -300,3 +300,21 @@ def test_scene_references_the_input_volumes_instead_of_copying_them(demo):
     for key in ("adc", "t1", "t2", "fs", "ct"):
         assert (out / "study" / truth["files"][key]).resolve() in referenced, key
         assert not (out / "scene-data" / truth["files"][key]).exists(), key
+
+
+def test_the_panel_shows_each_lesion_reading_and_the_sign_that_decided_it(demo):
+    """The panel's differential box says what the report says: the tier in words and its sign."""
+    import html
+
+    from VertebralMarrowLib.core.tiers import DECIDING_SIGN_WORDS
+    from VertebralMarrowLib.slicer_panel.differential_text import differential_html
+
+    out = demo[0]
+    document = json.loads((out / "results.json").read_text())
+    for row in document["rows"]:
+        if row["role"] != "lesion":
+            continue
+        tier = document["segments"][row["segment"]]["tier"]
+        box = differential_html(document, row["segment"])
+        assert html.escape(tier["text"], quote=False) in box, row["segment"]
+        assert DECIDING_SIGN_WORDS[tier["deciding_sign"]] in box

@@ -66,6 +66,11 @@ def _num(value: float) -> str:
     return f"{value:.3g}"
 
 
+# The sign that decided a lesion's reading, in a reader's words (report and panel).
+DECIDING_SIGN_WORDS = {"fat": "fat sign", "density": "CT density", "heterogeneity": "heterogeneity",
+                       "adc": "ADC tier", "no_adc": "no ADC value"}
+
+
 def tier_text(tier: str, cutoff: float, band: float, marrow_max: Optional[float]) -> str:
     """The reading of an ADC tier in words, with its bounds."""
     low = cutoff - band

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from ..core.classes import CLASSES, OUTSIDE
 from ..core.sequences import SEQUENCE, SEQUENCES, SIGNAL_KEYS
+from ..core.tiers import DECIDING_SIGN_WORDS
 from ..core.differential import is_number, likelihood_word
 from .nodes import CLASS_COLORS
 from .table import COLUMN_LABELS, COLUMNS
@@ -193,11 +194,10 @@ def _tier(detail: dict) -> str:
     tier = detail.get("tier")
     if not tier:
         return ""
-    signs = {"fat": "fat sign", "density": "CT density", "heterogeneity": "heterogeneity", "adc": "ADC tier",
-             "no_adc": "no ADC value"}
+    sign = tier.get("deciding_sign")
     reasons = [r for r in tier.get("reasons", []) if r != tier.get("text")]
     more = _list("reasons", "".join(f"<li>{_e(r)}</li>" for r in reasons)) if reasons else ""
-    return (f"<p class=\"tier\"><b>Reading ({_e(signs.get(tier.get('deciding_sign'), tier.get('deciding_sign')))}):</b> "
+    return (f"<p class=\"tier\"><b>Reading ({_e(DECIDING_SIGN_WORDS.get(sign, sign))}):</b> "
             f"{_e(tier.get('text', ''))}</p>{more}")
 
 

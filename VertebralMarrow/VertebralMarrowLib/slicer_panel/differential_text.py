@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from .. import DISCLAIMER
 from ..core.classes import BY_KEY
+from ..core.tiers import DECIDING_SIGN_WORDS
 from ..core.differential import is_number, likelihood_word
 
 
@@ -25,6 +26,10 @@ def differential_html(document: Optional[dict], segment: Optional[str]) -> str:
     detail = document.get("segments", {}).get(segment, {})
     cutoff = document.get("criteria", {}).get("adc_cutoff", {}).get("value")
     parts = [f"<h3>{_e(segment)}</h3>", f"<p>{_measurements(row, cutoff)}</p>"]
+    tier = detail.get("tier") or {}
+    if tier.get("text"):
+        sign = tier.get("deciding_sign")
+        parts.append(f"<p><b>Reading ({_e(DECIDING_SIGN_WORDS.get(sign, sign))})</b>: {_e(tier['text'])}</p>")
     candidates = detail.get("differential") or []
     if row.get("role") != "lesion":
         parts.append(f"<p>{_e(segment)} has the role <b>{_e(row.get('role', ''))}</b>: no differential is ranked for it.</p>")
