@@ -27,7 +27,7 @@ PYTHON_M = [sys.executable, "-m", "VertebralMarrowLib"]
 INTERFACE_COLUMNS = (
     "segment, role, n_voxels_adc, volume_ml, adc_mean, adc_median, adc_sd, adc_p10, adc_p90, "
     "fraction_at_or_below_cutoff, adc_class, t1_ratio, t2_ratio, fs_ratio, t1_signal, t2_signal, "
-    "fs_signal, ct_mean_hu, differential"
+    "fs_signal, ct_mean_hu, differential, adc_restricted"
 ).split(", ")
 BVALUES = (0, 50, 400, 800)
 
@@ -61,7 +61,8 @@ def dwi_paths(folder, truth):
 
 def independent_means(folder: Path, truth: dict):
     """Per segment: (count, mean ADC in 10^-3) from SimpleITK NN resampling of the .seg.nrrd's
-    own labelmap onto the scanner map, numpy mean of its integers x 10^-3."""
+    own labelmap onto the scanner map, numpy mean of its integers x 10^-3; the scanner's 0 is
+    no value (mean None where no voxel has one; the count is every ROI voxel)."""
     adc_image = sitk.ReadImage(str(folder / truth["files"]["adc"]))
     adc = sitk.GetArrayFromImage(adc_image).astype(np.float64) * 1e-3
     seg = sitk.ReadImage(str(folder / truth["files"]["seg"]))
@@ -71,7 +72,8 @@ def independent_means(folder: Path, truth: dict):
         image = seg if seg.GetNumberOfComponentsPerPixel() == 1 else sitk.VectorIndexSelectionCast(seg, layer)
         labels = sitk.GetArrayFromImage(sitk.Resample(image, adc_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
         mask = labels == int(seg.GetMetaData(f"Segment{n}_LabelValue"))
-        out[seg.GetMetaData(f"Segment{n}_Name")] = (int(mask.sum()), float(adc[mask].mean()))
+        values = adc[mask & (adc > 0)]
+        out[seg.GetMetaData(f"Segment{n}_Name")] = (int(mask.sum()), float(values.mean()) if values.size else None)
         n += 1
     return out
 
@@ -100,10 +102,14 @@ def test_analyze_writes_the_interface_outputs(phantom, tmp_path):
     for row in rows:
         count, mean = expected[row["segment"]]
         assert int(row["n_voxels_adc"]) == count
-        assert float(row["adc_mean"]) == pytest.approx(mean, abs=1e-4)  # the CSV keeps 4 decimals
+        if mean is not None:  # the focus covers no voxel centre, the bone island has no DWI signal
+            assert float(row["adc_mean"]) == pytest.approx(mean, abs=1e-4)  # the CSV keeps 4 decimals
         assert row["role"] == truth["segments"][row["segment"]]["role"]
-        if row["role"] == "lesion":
-            assert row["adc_class"] == truth["segments"][row["segment"]]["adc_class"]
+        designed = truth["segments"][row["segment"]]
+        if row["role"] == "lesion" and designed["adc_class"] is not None and designed["deciding_sign"] != "density":
+            assert row["adc_class"] == designed["adc_class"]
+        if row["role"] == "lesion" and designed.get("entity") == "bone_island":  # no CT given: no density sign
+            assert row["adc_class"] == "n/a" and row["adc_mean"] == ""
             assert row["differential"].split(";")[0]
     document = json.loads((out / "results.json").read_text())
     assert "10^-6" in json.dumps(document)
@@ -112,7 +118,7 @@ def test_analyze_writes_the_interface_outputs(phantom, tmp_path):
     assert overlay.GetSize() == adc.GetSize()
     np.testing.assert_allclose(overlay.GetOrigin(), adc.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(overlay.GetDirection(), adc.GetDirection(), atol=1e-6)
-    assert set(np.unique(sitk.GetArrayFromImage(overlay))) <= {0, 1, 2, 3}
+    assert set(np.unique(sitk.GetArrayFromImage(overlay))) <= {0, 1, 2, 3, 4}
     assert sha256_tree(folder) == hashes
 
 
@@ -164,7 +170,7 @@ def test_adc_bmin_drops_bvalues_and_default_method_is_accurate(phantom, tmp_path
         name = seg.GetMetaData(f"Segment{n}_Name")
         labels = sitk.GetArrayFromImage(sitk.Resample(seg, adc_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
         mask = labels == int(seg.GetMetaData(f"Segment{n}_LabelValue"))
-        if truth["segments"][name]["role"] == "lesion":
+        if truth["segments"][name]["role"] == "lesion" and truth["segments"][name]["adc_mean"] is not None:
             assert float(np.mean(adc[mask])) == pytest.approx(truth["segments"][name]["adc_mean"], rel=0.08), name
         n += 1
     assert sha256_tree(folder) == hashes
@@ -317,6 +323,8 @@ def test_a_criteria_file_of_ones_own_sets_the_cutoff_and_is_recorded(phantom, tm
     folder, truth, _ = phantom
     own = json.loads(CRITERIA_PATH.read_text())
     own["adc_cutoff"]["value"] = 0.5
+    own["adc_tiers"]["marrow_max"]["value"] = 0.0  # tiers off: the plain cut-off (no T1 or CT given)
+    own["indeterminate_band"]["value"] = 0.0
     criteria = tmp_path / "my-criteria.json"
     criteria.write_text(json.dumps(own))
     out = tmp_path / "out"
@@ -324,6 +332,32 @@ def test_a_criteria_file_of_ones_own_sets_the_cutoff_and_is_recorded(phantom, tm
                  "--criteria", str(criteria), "--out", str(out)]) == 0
     document = json.loads((out / "results.json").read_text())
     assert document["criteria"]["adc_cutoff"]["value"] == 0.5
+    assert document["criteria"]["marrow_max"]["off"] is True
     for row in document["rows"]:
-        if row["role"] == "lesion":
+        tier = document["segments"][row["segment"]].get("tier", {})
+        if row["role"] == "lesion" and row["adc_mean"] is not None and tier["deciding_sign"] == "adc":
             assert row["adc_class"] == ("malignant" if row["adc_mean"] <= 0.5 else "benign"), row["segment"]
+
+
+def test_tier_bounds_and_scanner_bvalues_from_the_command_line_are_used_and_recorded(phantom, tmp_path):
+    from VertebralMarrowLib.cli import main
+
+    folder, truth, _ = phantom
+    out = tmp_path / "out"
+    assert main(["-q", "analyze", "--seg", str(folder / truth["files"]["seg"]), "--adc", str(folder / truth["files"]["adc"]),
+                 "--marrow-max", "0.655", "--band", "0.1", "--adc-bvalues", "0,800", "--out", str(out)]) == 0
+    document = json.loads((out / "results.json").read_text())
+    assert document["criteria"]["marrow_max"]["value"] == 0.655 and document["criteria"]["marrow_max"]["default"] == 0.55
+    assert document["criteria"]["indeterminate_band"]["value"] == 0.1
+    assert document["adc"]["bvalues"]["values_s_per_mm2"] == [0.0, 800.0]
+    assert "given by the user" in document["adc"]["bvalues"]["text"]
+    for row in document["rows"]:
+        segment = document["segments"][row["segment"]]
+        if (row["role"] == "lesion" and row["adc_mean"] is not None and segment["tier"]["deciding_sign"] == "adc"
+                and "partial_volume" not in segment):
+            mean = row["adc_mean"]
+            expected = "marrow" if mean <= 0.655 else "malignant" if mean < 1.11 else "indeterminate" if mean <= 1.31 else "benign"
+            assert row["adc_class"] == expected, row["segment"]
+    assert "b = 0, 800" in (out / "report.html").read_text()
+    assert main(["-q", "analyze", "--seg", str(folder / truth["files"]["seg"]), "--adc", str(folder / truth["files"]["adc"]),
+                 "--marrow-max", "1.2", "--out", str(tmp_path / "bad")]) == 2

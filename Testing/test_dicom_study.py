@@ -213,7 +213,8 @@ def test_analyze_dicom_end_to_end(phantom_dicom, tmp_path):
     for name, expected in truth["segments"].items():
         if expected["role"] != "lesion":
             continue
-        assert rows[name]["adc_mean"] == pytest.approx(expected["adc_mean"], abs=0.12), name
+        if expected["adc_mean"] is not None:  # not the bone island (no DWI signal) nor the 5-mm focus
+            assert rows[name]["adc_mean"] == pytest.approx(expected["adc_mean"], abs=0.12), name
         assert rows[name]["t1_ratio"] == pytest.approx(expected["t1_ratio"], rel=0.25), name
         assert rows[name]["ct_mean_hu"] == pytest.approx(expected["ct_mean_hu"], abs=40), name
 

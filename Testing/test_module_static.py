@@ -1146,7 +1146,11 @@ def test_publish_adc_map_centred_on_the_cutoff_and_reused(app):
         colors.GetColor(int(np.floor(index)), lower)
         colors.GetColor(int(np.ceil(index)), upper)
         ends.append(tuple((a + b) / 2 for a, b in zip(lower[:3], upper[:3])))
-    assert ends[0] == pytest.approx(CLASS_RGB["malignant-range"], abs=0.01)
+    assert ends[0] == pytest.approx(CLASS_RGB["normal-marrow range"], abs=0.01)  # 0: the normal-marrow range
+    # just above the normal-marrow range (Koutoulidis 2017: 0.548), red
+    just_above = [0.0] * 4
+    colors.GetColor(int(np.ceil(0.56 / 2.42 * (count - 1))), just_above)
+    assert tuple(just_above[:3]) == pytest.approx(CLASS_RGB["malignant-range"], abs=0.04)
     assert ends[1] == pytest.approx(CLASS_RGB["indeterminate"], abs=0.01)
     assert ends[2] == pytest.approx(CLASS_RGB["benign-range"], abs=0.01)
 
@@ -1334,7 +1338,7 @@ def test_module_class_metadata(module):
 
 def test_parameter_node_defaults(module):
     params = module.VertebralMarrowLogic().getParameterNode()
-    assert (params.cutoff, params.indeterminateBand, params.adcUnits, params.fitMethod) == (1.21, 0.0, "auto", "iwls")
+    assert (params.cutoff, params.indeterminateBand, params.adcUnits, params.fitMethod) == (1.21, 0.2, "auto", "iwls")
     assert (params.signalLowBelow, params.signalHighAbove, params.bmin, params.bmax) == (0.8, 1.2, 0.0, 0.0)
     assert (params.showOverlay, params.overlayOpacity, params.bvalues, params.dwiVolumes) == (True, 0.5, "", [])
     assert (params.showAdcColorMap, params.adcColorMapOpacity, params.colorSegmentsByClass) == (False, 0.5, False)
@@ -1372,7 +1376,7 @@ def test_logic_process_publishes_and_shows_the_overlay(module, app):
     result = logic.process(params, progress=lambda fraction, text: steps.append(fraction))
     assert steps[-1] == 1.0 and steps == sorted(steps)
     table, overlay = params.resultsTable, params.overlayVolume
-    assert table.GetNumberOfRows() == 3 and table.GetNumberOfColumns() == 19
+    assert table.GetNumberOfRows() == 3 and table.GetNumberOfColumns() == 20
     document = panel.result_from_table(table)
     assert [(r["segment"], r["adc_class"]) for r in document["rows"]] == [
         ("L2 lesion", "malignant"), ("L4 lesion", "benign"), ("L3 normal", "reference")]
@@ -1405,7 +1409,7 @@ def test_logic_process_publishes_and_shows_the_overlay(module, app):
 
 def test_logic_shows_the_adc_map_and_colours_segments_on_request(module, app):
     composite = app.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
-    study, _, logic, params = run_logic(module, app, cutoff=1.0)
+    study, _, logic, params = run_logic(module, app, cutoff=1.0, indeterminateBand=0.0)
     segments = study.segmentation.GetSegmentation()
     ids = {segments.GetSegment(sid).GetName(): sid for sid in segment_ids(study.segmentation)}
     own = segment_colors(study.segmentation)

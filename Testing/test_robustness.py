@@ -212,7 +212,6 @@ FILE_CASES = [
     ("criteria with null", {"criteria": "null.json"}, ["adc_cutoff.value"]),
     ("criteria with text", {"criteria": "text.json"}, ["entities.metastasis_lytic.adc.mean"]),
     ("1e-3 map read as 1e-6", {"adc": "adc_float_1e-3.nrrd", "adc_units": "1e-6"}, ["1e-3"]),
-    ("ROI over NaN voxels", {"adc": "adc_nan_in_t12.nrrd"}, ["T12 lesion", "without a value"]),
     ("1e-6 map read as 1e-3", {"adc_units": "1e-3"}, ["1e-6"]),
 ]
 
@@ -477,3 +476,17 @@ def test_roi_statistics_are_finite_for_finite_values(values, labels, cutoff):
 def test_every_finite_adc_gets_a_known_class(values, cutoff, band):
     codes = classify_adc(values, cutoff, min(band, cutoff / 2))
     assert set(np.unique(codes)) <= {c.code for c in CLASSES} - {0}
+
+
+def test_roi_over_nan_voxels_is_a_row_with_its_reason_not_the_end_of_the_study(study, tmp_path, capsys):
+    """Issue 10: one unmeasurable ROI keeps its row (n/a, with its reason); the others are read."""
+    out = tmp_path / "out"
+    status = cli.main([str(a) for a in analyze_args(study, out, adc=study["bad"] / "adc_nan_in_t12.nrrd")])
+    err = capsys.readouterr().err
+    assert status == 0 and "Traceback" not in err, err
+    assert "T12 lesion" in err and "without a value" in err
+    document = json.loads((out / "results.json").read_text())
+    rows = {row["segment"]: row for row in document["rows"]}
+    assert rows["T12 lesion"]["adc_class"] == "n/a" and rows["T12 lesion"]["adc_mean"] is None
+    assert any("without a value" in reason for reason in document["segments"]["T12 lesion"]["tier"]["reasons"])
+    assert rows["L2 lesion"]["adc_class"] == "malignant"

@@ -103,7 +103,7 @@ class VertebralMarrowParameterNode:
         map (they separate fatty benign marrow from marrow replaced by tumour).
     displayVolume - the slice views' background under the overlay (default: the ADC map).
     cutoff - ADC cut-off, 10^-3 mm^2/s: mean ADC at or below it is malignant-range (Kaur 2020).
-    indeterminateBand - means within cut-off +/- band are indeterminate (0: no band).
+    indeterminateBand - means within cut-off +/- band are indeterminate (default 0.2: 1.01-1.41; 0: no band).
     signalLowBelow, signalHighAbove - lesion/reference signal ratios called low / high.
     fitMethod, bmin, bmax - the DWI fit; b-value limits of 0 mean no limit.
     minVoxels - a ROI covering fewer voxels of a volume is reported with a warning (project default).
@@ -134,7 +134,7 @@ class VertebralMarrowParameterNode:
     fatFractionVolume: vtkMRMLScalarVolumeNode
     displayVolume: vtkMRMLScalarVolumeNode
     cutoff: Annotated[float, WithinRange(0.1, 4.0)] = 1.21
-    indeterminateBand: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    indeterminateBand: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
     adcUnits: Annotated[str, Choice(["auto", "mm2/s", "1e-3", "1e-6"])] = "auto"
     signalLowBelow: Annotated[float, WithinRange(0.1, 1.0)] = 0.8
     signalHighAbove: Annotated[float, WithinRange(1.0, 5.0)] = 1.2

@@ -132,9 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="vertebral levels a lesion involves (separates pyogenic from tuberculous spondylitis)")
     analyze.add_argument("--disc", action="append", default=[], metavar="SEGMENT=destroyed|spared",
                          help="state of the adjacent disc (destroyed: pyogenic; spared: tuberculous)")
-    for name in ("adc_cutoff", "indeterminate_band", "adc_units", "signal_low_below", "signal_high_above",
-                 "min_voxels", "ct_sclerotic_min_hu"):
+    for name in ("adc_cutoff", "indeterminate_band", "marrow_max", "adc_units", "signal_low_below", "signal_high_above",
+                 "min_voxels", "ct_sclerotic_min_hu", "bone_island_min_hu", "fat_t1_ratio_min", "fat_fraction_min_percent",
+                 "chemical_shift_drop_below"):
         _add_setting(analyze, name)
+    analyze.add_argument("--adc-bvalues", metavar="B,B",
+                         help="the b-values a scanner ADC map (--adc) was made from, e.g. 0,800 (recorded with the "
+                              "results; the cut-offs were derived at b about 0-1000)")
     analyze.add_argument("--criteria", type=Path,
                          help="a criteria file of your own (a copy of VertebralMarrowLib/core/criteria.json with your numbers)")
     analyze.add_argument("--single-file-report", action="store_true",
@@ -333,7 +337,10 @@ def _analyze(args, progress):
 
     from .core.criteria import SETTINGS
 
+    from .inputs.study import parse_bvalues
+
     options = Options(criteria_path=args.criteria, reference_segments=tuple(args.reference),
+                      adc_bvalues=parse_bvalues(args.adc_bvalues) if args.adc_bvalues else None,
                       **{setting.name: getattr(args, setting.name) for setting in SETTINGS})
     if args.dicom:
         return _analyze_dicom(args, options, progress)

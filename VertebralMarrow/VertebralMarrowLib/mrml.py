@@ -357,6 +357,49 @@ def segments_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, ids: 
     return SegmentsOnGrid(labels, layers, outside)
 
 
+def segment_fractions_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, segment_id: str, volume_node,
+                              factor: int = 4) -> Tuple[np.ndarray, np.ndarray]:
+    """The fraction of each of `volume_node`'s voxels that a segment covers, for ROIs too small
+    for voxel centres: the segment is exported (Slicer's segmentation logic, as
+    segments_on_grid) onto a grid refined `factor` times per axis over the segment's bounding
+    box, and the fine voxels are counted per coarse voxel. Returns (flat indices into the
+    volume's (k, j, i) array, fractions 0-1) of the voxels it touches."""
+    shape_kji = array_of(volume_node).shape
+    bounds = [0.0] * 6
+    segmentation_node.GetSegmentation().GetSegment(segment_id).GetBounds(bounds)
+    if bounds[0] > bounds[1]:
+        return np.zeros(0, np.int64), np.zeros(0)
+    corners = np.array([[x, y, z, 1.0] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]]).T
+    coarse = np.linalg.inv(ijk_to_ras_of(volume_node)) @ _transform_between(segmentation_node, volume_node, corners)
+    size_ijk = np.array(shape_kji[::-1])
+    low = np.clip(np.floor(coarse[:3].min(axis=1)).astype(int) - 1, 0, size_ijk - 1)
+    high = np.clip(np.ceil(coarse[:3].max(axis=1)).astype(int) + 1, 0, size_ijk - 1)
+    if np.any(coarse[:3].max(axis=1) < -0.5) or np.any(coarse[:3].min(axis=1) > size_ijk - 0.5):
+        return np.zeros(0, np.int64), np.zeros(0)
+    count = high - low + 1
+    # Fine voxel f along an axis has its centre at coarse index low + (f + 0.5) / factor - 0.5.
+    fine_to_coarse = np.eye(4)
+    fine_to_coarse[:3, :3] /= factor
+    fine_to_coarse[:3, 3] = low + 0.5 / factor - 0.5
+    fine = volume_from_array(scene, np.zeros(tuple(count[::-1] * factor), np.uint8),
+                             ijk_to_ras_of(volume_node) @ fine_to_coarse, "VertebralMarrow supersampled grid")
+    fine.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    try:
+        on_fine = segments_on_grid(scene, app, segmentation_node, [segment_id], fine).labels
+    finally:
+        display = fine.GetDisplayNode()
+        if display is not None:
+            scene.RemoveNode(display)
+        scene.RemoveNode(fine)
+    if not on_fine:
+        return np.zeros(0, np.int64), np.zeros(0)
+    blocks = (on_fine[0] > 0).reshape(count[2], factor, count[1], factor, count[0], factor)
+    fractions = blocks.mean(axis=(1, 3, 5))
+    k, j, i = np.nonzero(fractions)
+    flat = np.ravel_multi_index((k + low[2], j + low[1], i + low[0]), shape_kji)
+    return flat.astype(np.int64), fractions[k, j, i]
+
+
 def _check_export_size(segmentation_node, volume_node) -> None:
     """The export allocates the segments' bounding box at the volume's spacing: bound it
     first, since ITK/VTK end the process on an allocation failure."""

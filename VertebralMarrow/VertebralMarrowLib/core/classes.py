@@ -69,3 +69,21 @@ def class_key(adc_1e3: float, cutoff: float, band: float, marrow_max: Optional[f
     """The results-table key of one value's class ('n/a' when the value is not finite)."""
     code = classify_adc(adc_1e3, cutoff, band, marrow_max)
     return "n/a" if code == OUTSIDE.code else BY_CODE[code].key
+
+
+def class_text(key: str, cutoff: float, band: float, marrow_max: Optional[float] = None) -> str:
+    """A row class in words with the bounds that define it (pictures, report, panel)."""
+    def num(value: float) -> str:
+        return f"{value:.2f}"
+
+    low, high = cutoff - band, cutoff + band
+    if key == MARROW.key:
+        return f"{MARROW.label} (mean ADC ≤ {num(marrow_max)})" if marrow_max else MARROW.label
+    if key == MALIGNANT.key:
+        floor = f"{num(marrow_max)} < " if marrow_max else ""
+        return f"{MALIGNANT.label} ({floor}mean ADC ≤ {num(low)})"
+    if key == INDETERMINATE.key:
+        return f"{INDETERMINATE.label} (mean ADC {num(low)}–{num(high)})"
+    if key == BENIGN.key:
+        return f"{BENIGN.label} (mean ADC > {num(high)})"
+    return key

@@ -80,6 +80,14 @@ def check_criteria(criteria, where: str) -> None:
     number("signal_ratio.high_above", 0.0, low_open=True)
     number("min_voxels.value", 1, integer=True)
     number("ct.sclerotic_min_hu")
+    # the tiers and the signs read first (core/tiers.py)
+    number("adc_tiers.marrow_max.value", 0.0)
+    number("overriding_signs.bone_island_min_hu.value")
+    number("overriding_signs.fat_t1_ratio_min.value", 0.0, low_open=True)
+    number("overriding_signs.fat_fraction_min_percent.value", 0.0, 100.0)
+    number("overriding_signs.chemical_shift_drop_below.value", 0.0, low_open=True)
+    number("overriding_signs.no_dwi_signal.b0_below_reference_fraction", 0.0, 1.0)
+    number("small_roi.supersample", 1, integer=True)
     for path in ("normal_marrow.adc", "normal_marrow.ct_hu"):
         number(path + ".mean")
         number(path + ".sd", 0.0, low_open=True)
@@ -160,7 +168,7 @@ class Setting:
     unit: str
     help: str
     kind: type = float
-    criteria_key: Optional[Tuple[str, str]] = None   # where criteria.json holds the default
+    criteria_key: Optional[Tuple[str, ...]] = None   # where criteria.json holds the default (a path)
     default: object = None                           # the default when criteria.json has none
     choices: Tuple[str, ...] = ()
     low: Optional[float] = None                      # allowed range, both ends included
@@ -169,15 +177,21 @@ class Setting:
     def default_value(self, criteria: Optional[dict] = None):
         if self.criteria_key is None:
             return self.default
-        section, key = self.criteria_key
-        return self.kind((criteria or load_criteria())[section][key])
+        return self.kind(self._entry(criteria)[self.criteria_key[-1]])
 
     def source(self, criteria: Optional[dict] = None) -> str:
         """The citation of the default, or '' for settings that are not clinical numbers."""
         if self.criteria_key is None:
             return ""
         criteria = criteria or load_criteria()
-        return citation(criteria, criteria[self.criteria_key[0]].get("source", ""))
+        return citation(criteria, self._entry(criteria).get("source", ""))
+
+    def _entry(self, criteria: Optional[dict]) -> dict:
+        """The criteria.json entry holding the default (the path without its last key)."""
+        entry = criteria or load_criteria()
+        for key in self.criteria_key[:-1]:
+            entry = entry[key]
+        return entry
 
 
 SETTINGS: Tuple[Setting, ...] = (
@@ -199,6 +213,22 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("ct_sclerotic_min_hu", "CT sclerotic threshold", "--ct-sclerotic-hu", "ctScleroticHu", "HU",
             "a lesion whose mean CT attenuation is at or above it is sclerotic", criteria_key=("ct", "sclerotic_min_hu"),
             low=0.0, high=3000.0),
+    Setting("marrow_max", "normal-marrow range top", "--marrow-max", "marrowMax", "10^-3 mm^2/s",
+            "a lesion whose mean ADC is at or below it is in the normal-marrow range, never malignant "
+            "(Koutoulidis 2017: 0.548; Messiou 2011: 0.655; 0: off)", criteria_key=("adc_tiers", "marrow_max", "value"),
+            low=0.0, high=3.0),
+    Setting("bone_island_min_hu", "bone-island attenuation", "--bone-island-hu", "boneIslandHu", "HU",
+            "a lesion whose mean CT attenuation is at or above it favours a bone island (Ulano 2016)",
+            criteria_key=("overriding_signs", "bone_island_min_hu", "value"), low=0.0, high=3000.0),
+    Setting("fat_t1_ratio_min", "fat T1 ratio", "--fat-t1-ratio", "fatT1Ratio", "ratio",
+            "a lesion / normal-marrow T1 ratio at or above it is fat-containing, benign whatever its ADC",
+            criteria_key=("overriding_signs", "fat_t1_ratio_min", "value"), low=1.0, high=5.0),
+    Setting("fat_fraction_min_percent", "fat-fraction threshold", "--fat-fraction-min", "fatFractionMin", "%",
+            "a Dixon fat fraction at or above it is fat-containing (Schmeel 2018: below 6.40 suggests malignant)",
+            criteria_key=("overriding_signs", "fat_fraction_min_percent", "value"), low=0.0, high=100.0),
+    Setting("chemical_shift_drop_below", "chemical-shift drop", "--chemical-shift-drop", "chemicalShiftDrop", "ratio",
+            "an opposed/in-phase ratio below it is a fat signal drop (Zajick 2005, unverified)",
+            criteria_key=("overriding_signs", "chemical_shift_drop_below", "value"), low=0.1, high=1.5),
     Setting("adc_units", "ADC units", "--adc-units", "adcUnits", "",
             "units of the scanner ADC map (auto: decided from the values, and said)", kind=str, default="auto",
             choices=("auto", "mm2/s", "1e-3", "1e-6")),
@@ -225,6 +255,12 @@ class Options:
     signal_high_above: Optional[float] = None
     min_voxels: Optional[int] = None
     ct_sclerotic_min_hu: Optional[float] = None
+    marrow_max: Optional[float] = None          # normal-marrow range top; 0 turns the tier off
+    bone_island_min_hu: Optional[float] = None
+    fat_t1_ratio_min: Optional[float] = None
+    fat_fraction_min_percent: Optional[float] = None
+    chemical_shift_drop_below: Optional[float] = None
+    adc_bvalues: Optional[Sequence[float]] = None  # b-values a scanner ADC map was made from (recorded)
     adc_units: Optional[str] = None
     fit_method: Optional[str] = None
     bmin: Optional[float] = None
@@ -250,9 +286,16 @@ class Options:
         if not all(isinstance(name, str) for name in references):
             raise InputError(f"reference segments must be segment names, got {self.reference_segments!r}",
                              field="reference_segments")
-        resolved = dataclasses.replace(self, **values, reference_segments=references, criteria=criteria)
+        bvalues = None if self.adc_bvalues is None else tuple(float(b) for b in self.adc_bvalues)
+        resolved = dataclasses.replace(self, **values, reference_segments=references, criteria=criteria,
+                                       adc_bvalues=bvalues)
         resolved.check()
         return resolved
+
+    @property
+    def marrow_max_or_none(self) -> Optional[float]:
+        """The normal-marrow range top as classes.classify_adc takes it (None: the tier is off)."""
+        return self.marrow_max if self.marrow_max else None
 
     def check(self) -> None:
         """Relations between settings (each one's own range is checked as it is read)."""
@@ -262,6 +305,15 @@ class Options:
         if self.signal_low_below > self.signal_high_above:
             raise InputError(f"low-signal ratio {self.signal_low_below} is above the high-signal ratio "
                              f"{self.signal_high_above}", field="signal_low_below")
+        if self.marrow_max >= self.adc_cutoff - self.indeterminate_band:
+            raise InputError(f"normal-marrow range top {self.marrow_max} must lie below the indeterminate band "
+                             f"({self.adc_cutoff - self.indeterminate_band:g}); 0 turns it off", field="marrow_max")
+        if self.bone_island_min_hu <= self.ct_sclerotic_min_hu:
+            raise InputError(f"bone-island attenuation {self.bone_island_min_hu:g} HU must be above the sclerotic "
+                             f"threshold {self.ct_sclerotic_min_hu:g} HU", field="bone_island_min_hu")
+        if self.adc_bvalues is not None and (len(self.adc_bvalues) < 2 or min(self.adc_bvalues) < 0):
+            raise InputError(f"ADC map b-values {list(self.adc_bvalues)}: give at least two b-values >= 0, e.g. 0,800",
+                             field="adc_bvalues")
         if self.bmin is not None and self.bmax is not None and self.bmin >= self.bmax:
             raise InputError(f"lowest b-value {self.bmin} must be below the highest b-value {self.bmax}", field="bmin")
 

@@ -42,7 +42,9 @@ def roi_statistics(values: np.ndarray, labels: np.ndarray, cutoff: float = np.na
     deviations = sorted_values - np.repeat(means, counts)
     squares = np.add.reduceat(deviations * deviations, starts) if starts.size else np.zeros(0)
     sds = np.sqrt(squares / np.maximum(counts - 1, 1))
-    at_or_below = np.add.reduceat((sorted_values <= cutoff).astype(np.int64), starts) if starts.size else np.zeros(0)
+    restricted = sorted_values <= cutoff
+    at_or_below = np.add.reduceat(restricted.astype(np.int64), starts) if starts.size else np.zeros(0)
+    restricted_sums = np.add.reduceat(np.where(restricted, sorted_values, 0.0), starts) if starts.size else np.zeros(0)
 
     def percentile(q: float) -> np.ndarray:
         position = starts + q * (counts - 1)
@@ -62,12 +64,53 @@ def roi_statistics(values: np.ndarray, labels: np.ndarray, cutoff: float = np.na
             "p10": float(p10s[index]),
             "p90": float(p90s[index]),
             "fraction_at_or_below_cutoff": float(at_or_below[index] / counts[index]),
+            # the restricted component: mean of the voxels at or below the cut-off
+            "restricted_mean": float(restricted_sums[index] / at_or_below[index]) if at_or_below[index] else None,
             "n_nonfinite": int(nonfinite_count[label]) if label < nonfinite_count.size else 0,
         }
     for label in np.nonzero(nonfinite_count)[0]:
         if int(label) not in result and label > 0:
             result[int(label)] = {"n": 0, "n_nonfinite": int(nonfinite_count[label])}
     return result
+
+
+def weighted_statistics(values: np.ndarray, weights: np.ndarray, cutoff: float = np.nan) -> Dict[str, float]:
+    """The statistics of roi_statistics for one ROI whose voxels count by `weights` (0-1, the
+    fraction of each voxel the ROI covers). `n` is the number of voxels touched, `n_effective`
+    the sum of the weights. Percentiles are weighted: the value where the cumulative weight,
+    taken at each voxel's centre of mass, reaches q (linear between voxels). SD uses
+    reliability weights. Non-finite values and zero weights are left out."""
+    values = np.asarray(values, np.float64).ravel()
+    weights = np.asarray(weights, np.float64).ravel()
+    keep = (weights > 0) & np.isfinite(values)
+    nonfinite = int(((weights > 0) & ~np.isfinite(values)).sum())
+    values, weights = values[keep], weights[keep]
+    if values.size == 0:
+        return {"n": 0, "n_nonfinite": nonfinite}
+    order = np.argsort(values)
+    values, weights = values[order], weights[order]
+    total = weights.sum()
+    mean = float((values * weights).sum() / total)
+    v2 = (weights ** 2).sum()
+    variance = (weights * (values - mean) ** 2).sum() / (total - v2 / total) if total * total > v2 else 0.0
+    positions = (np.cumsum(weights) - 0.5 * weights) / total
+
+    def percentile(q: float) -> float:
+        return float(np.interp(q, positions, values))
+
+    restricted = values <= cutoff
+    return {
+        "n": int(values.size),
+        "n_effective": float(total),
+        "mean": mean,
+        "median": percentile(0.5),
+        "sd": float(np.sqrt(variance)),
+        "p10": percentile(0.1),
+        "p90": percentile(0.9),
+        "fraction_at_or_below_cutoff": float(weights[restricted].sum() / total),
+        "restricted_mean": float((values[restricted] * weights[restricted]).sum() / weights[restricted].sum()) if restricted.any() else None,
+        "n_nonfinite": nonfinite,
+    }
 
 
 def roi_means(values: np.ndarray, labels: np.ndarray) -> Dict[int, Tuple[float, int]]:

@@ -22,7 +22,10 @@ def plot_nodes(scene, result) -> list:
     charts = []
     for detail in (d for d in result.segments if d["role"] == "lesion"):
         row = next(r for r in result.rows if r["segment"] == detail["name"])
-        centres, counts = histogram_bins(voxels.adc_values(detail["id"]), result.options.adc_cutoff)
+        values = voxels.adc_values(detail["id"])
+        if not values.size:  # no ADC voxel centre (no DWI signal, a small focus): no histogram
+            continue
+        centres, counts = histogram_bins(values, result.options.adc_cutoff)
         table = _table(scene, f"VertebralMarrow ADC histogram table: {detail['name']}",
                        {"adc": centres, "voxels": counts.astype(float)})
         series = _series(scene, f"{detail['name']} ADC voxels", table, "adc", "voxels",

@@ -14,10 +14,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..core.classes import BY_CODE, classify_adc
+from ..core.classes import BY_CODE, BY_KEY, classify_adc
 from .rendering import (
     CLASS_OF_ROW, FIELD_OF_VIEW_MM, MARGIN_PX, OTHER_ROI_COLOR, REFERENCE_COLOR,
-    Picture, Progress, RoiVoxels, SliceRenderer, View, _anatomy_volume, _backgrounds, _class_text, _display_window,
+    Picture, Progress, RoiVoxels, SliceRenderer, View, _anatomy_volume, _backgrounds, _row_class_text, _display_window,
     _file_names, _image_words, _num, _rgb, _roles, _shorten, _with_outlines, roi_outlines, scale_bar_mm, snapshot_size,
     view_boxes, write_views_png,
 )
@@ -65,7 +65,9 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
     report(0.8, "ADC histograms")
     reference_adc = _reference_adc(result)
     for detail in lesions:
-        pictures.append(histogram_picture(voxels.adc_values(detail["id"]), rows[detail["name"]], result, reference_adc))
+        values = voxels.adc_values(detail["id"])
+        if values.size:  # a ROI without ADC voxel centres (no DWI signal, a small focus) has no histogram
+            pictures.append(histogram_picture(values, rows[detail["name"]], result, reference_adc))
     if plotting:
         report(0.95, "summary plot")
         pictures.append(write_summary_plot(result, out / "summary_adc.png"))
@@ -76,8 +78,7 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
 def _lesion_snapshot(views: List[View], images: List[str], row: dict, result, path: Path) -> Picture:
     """The lesion's views written by rendering.write_views_png; what they show is the caption."""
     name = row["segment"]
-    cutoff = result.options.adc_cutoff
-    class_text = _class_text(row["adc_class"], cutoff, result.options.indeterminate_band)
+    class_text = _row_class_text(row, result)
     adc_text = f"mean ADC {_num(row['adc_mean'])} ± {_num(row['adc_sd'])} ×10⁻³ mm²/s"
     shown = " and ".join(_image_words(image) for image in images)
     write_views_png(views, path, result)
@@ -85,8 +86,8 @@ def _lesion_snapshot(views: List[View], images: List[str], row: dict, result, pa
     letters = views[0].edge_letters
     caption = (f"{name}: {class_text}; {adc_text}, {row['n_voxels_adc']} ADC voxels. Axial and sagittal through the "
                f"lesion centre on {shown} ({order}; axial: patient {letters[0]} at the left, {letters[2]} at the top; "
-               f"sagittal: {views[1].edge_letters[0]} at the left). Overlay at 50 % opacity: red malignant-range, "
-               f"green benign-range voxels; white outline the lesion, blue dashed the normal-marrow reference; "
+               f"sagittal: {views[1].edge_letters[0]} at the left). Overlay at 50 % opacity: blue normal-marrow range, "
+               f"red malignant-range, yellow indeterminate, green benign-range; white outline the lesion, blue dashed the normal-marrow reference; "
                f"bar {scale_bar_mm(views[0]):g} mm.")
     return Picture(path=path, caption=caption, kind="snapshot", segment=name)
 
@@ -185,7 +186,7 @@ def _lesion_list(axes, result) -> None:
     axes.set_ylim(0, 1)
     lesions = result.lesion_rows
     axes.text(0.02, 0.985, "Lesion · mean ADC (×10⁻³ mm²/s) · class", fontsize=10, fontweight="bold", va="top")
-    step = min(0.075, 0.9 / max(len(lesions), 1))
+    step = min(0.075, 0.78 / max(len(lesions), 1))  # room below for the note
     for n, row in enumerate(lesions):
         y = 0.92 - n * step
         value = CLASS_OF_ROW.get(row["adc_class"])
@@ -193,10 +194,10 @@ def _lesion_list(axes, result) -> None:
             axes.add_patch(Rectangle((0.02, y - 0.018), 0.045, 0.036, facecolor=_rgb(value), edgecolor="#333333", linewidth=0.5))
         axes.text(0.09, y, _plain(_shorten(row["segment"], 26)), fontsize=10, va="center")
         axes.text(0.62, y, _num(row["adc_mean"]), fontsize=10, va="center", ha="right", fontweight="bold")
-        axes.text(0.67, y, row["adc_class"] + "-range" if value in (1, 3) else row["adc_class"], fontsize=9.5, va="center")
+        axes.text(0.67, y, BY_KEY[row["adc_class"]].label if row["adc_class"] in BY_KEY else row["adc_class"], fontsize=9.5, va="center")
     axes.text(0.02, 0.92 - len(lesions) * step - 0.02,
-              _plain(f"Class from the lesion's mean ADC against the cut-off {_num(result.options.adc_cutoff)}\n"
-                     "(Kaur 2020); the map colours each voxel by its own ADC."),
+              _plain(f"Class: the fat, density and heterogeneity signs first,\n"
+                     f"then the mean ADC's tier (cut-off {_num(result.options.adc_cutoff)}, Kaur 2020)."),
               fontsize=8.5, color="#444444", va="top")
 
 
@@ -212,18 +213,22 @@ def _draw_legend(figure, width: int, height: int, result) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    cutoff = _num(result.options.adc_cutoff)
-    band = result.options.indeterminate_band
-    handles = [Patch(facecolor=_rgb(3), label=f"malignant-range voxel: ADC ≤ {cutoff}")]
+    options = result.options
+    marrow_max = options.marrow_max_or_none
+    cutoff, band = options.adc_cutoff, options.indeterminate_band
+    handles = []
+    if marrow_max:
+        handles.append(Patch(facecolor=_rgb(4), label=f"normal marrow ≤ {_num(marrow_max)}"))
+    handles.append(Patch(facecolor=_rgb(3), label=f"malignant ≤ {_num(cutoff - band)}"))
     if band > 0:
-        handles.append(Patch(facecolor=_rgb(2), label=f"indeterminate: {cutoff} ± {_num(band)}"))
-    handles.append(Patch(facecolor=_rgb(1), label=f"benign-range voxel: ADC > {cutoff}"))
+        handles.append(Patch(facecolor=_rgb(2), label=f"indeterminate {_num(cutoff - band)}–{_num(cutoff + band)}"))
+    handles.append(Patch(facecolor=_rgb(1), label=f"benign > {_num(cutoff + band)}"))
     handles += [
         Line2D([], [], color="#222222", linewidth=1.6, label="lesion ROI"),
-        Line2D([], [], color=REFERENCE_COLOR, linewidth=1.6, linestyle="--", label="normal-marrow reference"),
+        Line2D([], [], color=REFERENCE_COLOR, linewidth=1.6, linestyle="--", label="reference ROI"),
     ]
     figure.legend(handles=handles, loc="lower left", bbox_to_anchor=(MARGIN_PX / width, 6 / height),
-                  ncol=len(handles), frameon=False, fontsize=9, handlelength=1.6, columnspacing=1.2)
+                  ncol=len(handles), frameon=False, fontsize=8.5, handlelength=1.3, columnspacing=0.9)
     figure.text(1.0 - MARGIN_PX / width, 38 / height, "ADC in ×10⁻³ mm²/s; overlay at 50 % opacity",
                 fontsize=8, color="#555555", ha="right", va="bottom")
 
@@ -259,18 +264,19 @@ def histogram_bins(values: np.ndarray, cutoff: float, width: float = HISTOGRAM_B
 
 def histogram_picture(values: np.ndarray, row: dict, result, reference_adc: Optional[Tuple[str, float]]) -> Picture:
     """The ADC of a lesion's voxels as an inline SVG for the report: bars in the colour of the
-    side of the cut-off they fall on, the cut-off, the lesion's mean and the normal marrow."""
+    ADC tier of their centre, the cut-off, the lesion's mean and the normal marrow."""
     cutoff, band = result.options.adc_cutoff, result.options.indeterminate_band
     fraction = row.get("fraction_at_or_below_cutoff")
     share = f"; {fraction:.0%} of voxels at or below the cut-off" if fraction is not None else ""
     caption = (f"{row['segment']}: ADC histogram of {values.size} voxels with the cut-off {_num(cutoff)}"
                + (f" and the normal-marrow mean {_num(reference_adc[1])}" if reference_adc else "") + share + ".")
-    svg = histogram_svg(values, cutoff, band, row["adc_mean"], reference_adc)
+    svg = histogram_svg(values, cutoff, band, row["adc_mean"], reference_adc, result.options.marrow_max_or_none)
     return Picture(path=None, caption=caption, kind="histogram", segment=row["segment"], svg=svg)
 
 
 def histogram_svg(values: np.ndarray, cutoff: float, band: float, mean: Optional[float],
-                  reference_adc: Optional[Tuple[str, float]], width: int = 560, height: int = 250) -> str:
+                  reference_adc: Optional[Tuple[str, float]], marrow_max: Optional[float] = None,
+                  width: int = 560, height: int = 250) -> str:
     """SVG text of an ADC histogram (x: ADC in 10^-3 mm^2/s from 0; y: voxels). Each bar
     carries its range and count in a <title> (a tooltip, and what tests read)."""
     left, right, top, bottom = 48, 12, 34, 38
@@ -289,7 +295,7 @@ def histogram_svg(values: np.ndarray, cutoff: float, band: float, mean: Optional
     parts = [f'<svg class="histogram" viewBox="0 0 {width} {height}" '
              f'width="{width}" height="{height}" role="img" font-family="sans-serif" font-size="11">']
     bar = plot_w * HISTOGRAM_BIN / x_max
-    codes = classify_adc(centres, cutoff, band) if centres.size else []
+    codes = classify_adc(centres, cutoff, band, marrow_max) if centres.size else []
     for centre, count, code in zip(centres, counts, codes):
         if count == 0:
             continue
@@ -367,7 +373,8 @@ def write_summary_plot(result, path: Path) -> Picture:
     figure.subplots_adjust(left=0.3, right=0.97, top=1.0 - 0.5 / height, bottom=1.25 / height)
     figure.suptitle("Mean ADC of every ROI against the published entity ranges", fontsize=12, x=0.01, y=1.0 - 0.12 / height,
                     ha="left", va="top")
-    figure.legend(handles=_summary_legend(cutoff, result.options.indeterminate_band), fontsize=8.5, frameon=False,
+    figure.legend(handles=_summary_legend(cutoff, result.options.indeterminate_band, result.options.marrow_max_or_none),
+                  fontsize=8.5, frameon=False,
                   loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=4)
     _save(figure, path)
     caption = (f"Mean ADC (± SD) of every ROI against the published entity ranges (criteria and citations below) "
@@ -379,7 +386,7 @@ def _entity_tint(entity: dict) -> str:
     return "#f4b6b6" if entity.get("malignant") else "#b9e4c4"
 
 
-def _summary_legend(cutoff: float, band: float) -> list:
+def _summary_legend(cutoff: float, band: float, marrow_max: Optional[float] = None) -> list:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -397,6 +404,8 @@ def _summary_legend(cutoff: float, band: float) -> list:
     ]
     if band > 0:
         handles.insert(5, point(_rgb(2), "lesion, indeterminate"))
+    if marrow_max:
+        handles.insert(3, point(_rgb(4), "lesion, normal-marrow range"))
     return handles
 
 

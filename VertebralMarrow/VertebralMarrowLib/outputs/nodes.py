@@ -4,14 +4,15 @@ ADC map and its colour table, and lesion segments coloured by class."""
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 import slicer
 
 from ..analysis import OVERLAY_CLASSES, AnalysisResult
-from ..core.classes import BY_KEY, CLASSES, OUTSIDE
+from ..core.classes import BENIGN, BY_KEY, CLASSES, INDETERMINATE, MALIGNANT, MARROW, OUTSIDE
+from ..core.criteria import Options
 from ..mrml import ijk_to_ras_of, set_ijk_to_ras, volume_from_array
 
 # Attributes that mark the nodes VertebralMarrow made, so a later run (or the panel) finds them.
@@ -25,7 +26,8 @@ CLASS_COLORS = {c.code: ("background" if c is OUTSIDE else c.label, c.rgba) for 
 
 
 def class_color_node(scene, node=None):
-    """The overlay's color table: 1 benign-range green, 2 indeterminate yellow, 3 malignant-range red."""
+    """The overlay's color table: 1 benign-range green, 2 indeterminate yellow, 3 malignant-range
+    red, 4 normal-marrow range blue (core/classes.py)."""
     color = node or scene.AddNewNodeByClass("vtkMRMLColorTableNode", "VertebralMarrow classes")
     color.SetTypeToUser()
     # Shown in color selectors, and saved as a data file of its own, not as a hidden node.
@@ -64,17 +66,27 @@ ADC_MAP_NAME = "VertebralMarrow ADC (10^-3 mm^2/s)"
 ADC_COLORS_NAME = "VertebralMarrow ADC around cut-off"
 
 
-def adc_color_node(scene, node=None, steps: int = 256):
-    """A continuous colour map for ADC: red (malignant-range) below the window's centre,
-    yellow at it, green (benign-range) above. Centred on the cut-off by the display window
-    that `adc_map_node` sets (level = cut-off)."""
+def adc_color_node(scene, node=None, steps: int = 256, cutoff: Optional[float] = None, marrow_max: Optional[float] = None):
+    """A continuous colour map for ADC over the window 0 to twice the cut-off (that
+    `adc_map_node` sets, level = cut-off): the normal-marrow colour up to the normal-marrow
+    range's top (never red there), then red (malignant-range) to yellow at the cut-off and
+    green (benign-range) above. Without `cutoff`, the criteria file's defaults."""
+    if cutoff is None:
+        defaults = Options().resolved()
+        cutoff, marrow_max = defaults.adc_cutoff, defaults.marrow_max_or_none
     color = node or scene.AddNewNodeByClass("vtkMRMLColorTableNode", ADC_COLORS_NAME)
     color.SetTypeToUser()
     color.SetHideFromEditors(False)
     color.SetNumberOfColors(steps)
-    red, yellow, green = (np.array(CLASS_COLORS[value][1][:3]) for value in (3, 2, 1))
+    marrow, red, yellow, green = (np.array(CLASS_COLORS[c.code][1][:3]) for c in (MARROW, MALIGNANT, INDETERMINATE, BENIGN))
+    red_from = (marrow_max or 0.0) / (2.0 * cutoff)  # where the window's fraction t reaches marrow_max
     for index, t in enumerate(np.linspace(0.0, 1.0, steps)):
-        rgb = red + (yellow - red) * (t / 0.5) if t <= 0.5 else yellow + (green - yellow) * ((t - 0.5) / 0.5)
+        if marrow_max and t <= red_from:
+            rgb = marrow
+        elif t <= 0.5:
+            rgb = red + (yellow - red) * ((t - red_from) / (0.5 - red_from))
+        else:
+            rgb = yellow + (green - yellow) * ((t - 0.5) / 0.5)
         color.SetColor(index, f"{t:.3f}", *rgb, 1.0)
     color.SetAttribute(ADC_COLORS_ATTRIBUTE, "1")
     return color
@@ -87,6 +99,8 @@ def adc_map_node(scene, result: AnalysisResult, color_node, node=None):
     node.SetAttribute("VertebralMarrow.Units", "1e-3 mm2/s")
     node.SetAttribute(ADC_MAP_ATTRIBUTE, "1")
     display = node.GetDisplayNode()
+    adc_color_node(scene, color_node, color_node.GetNumberOfColors() or 256, result.options.adc_cutoff,
+                   result.options.marrow_max_or_none)  # this run's cut-off and normal-marrow range
     display.SetAndObserveColorNodeID(color_node.GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevel(2.0 * result.options.adc_cutoff, result.options.adc_cutoff)
@@ -96,7 +110,8 @@ def adc_map_node(scene, result: AnalysisResult, color_node, node=None):
 def segment_class_colors(segmentation_node, result: AnalysisResult) -> Dict[str, Tuple[float, float, float]]:
     """segment id -> RGB of its class, for the lesion segments of `result` with a class
     (benign-range, indeterminate, malignant-range) that are still in the segmentation under the
-    same id and name (segments removed or renamed since the analysis are left out)."""
+    same id and name (segments removed or renamed since the analysis are left out). Every
+    class of the table counts, the normal-marrow range included."""
     by_name = {row["segment"]: row["adc_class"] for row in result.rows}
     segmentation = segmentation_node.GetSegmentation()
     colors = {}

@@ -21,7 +21,7 @@ import numpy as np
 import slicer
 from vtk.util import numpy_support
 
-from ..core.classes import CLASSES, OUTSIDE
+from ..core.classes import CLASSES, OUTSIDE, class_text
 from ..mrml import array_of, ijk_to_ras_of, segments_on_grid, volume_from_array
 from .nodes import CLASS_COLORS
 
@@ -79,8 +79,11 @@ class RoiVoxels:
         return values[np.isfinite(values)]
 
     def centre_ras(self, segment_id: str) -> np.ndarray:
-        """Centroid (RAS) of the segment's classed overlay voxels (all its voxels if none are)."""
+        """Centroid (RAS) of the segment's classed overlay voxels (all its voxels if none are; the
+        voxels it partly covers if it covers no voxel centre)."""
         flat = self.indices.get(segment_id, np.zeros(0, int))
+        if flat.size == 0:
+            flat = self.result.partial_voxels.get(segment_id, flat)
         classed = flat[self.result.overlay.ravel()[flat] > 0]
         flat = classed if classed.size else flat
         if flat.size == 0:
@@ -410,14 +413,10 @@ def _shorten(text: str, length: int) -> str:
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
-def _class_text(adc_class: str, cutoff: float, band: float) -> str:
-    if adc_class == "malignant":
-        return f"malignant-range (mean ADC ≤ {_num(cutoff)})"
-    if adc_class == "benign":
-        return f"benign-range (mean ADC > {_num(cutoff)})"
-    if adc_class == "indeterminate":
-        return f"indeterminate (mean ADC within {_num(cutoff)} ± {_num(band)})"
-    return adc_class
+def _row_class_text(row: dict, result) -> str:
+    """A row's class in words with its bounds, from the class table (core/classes.py)."""
+    options = result.options
+    return class_text(row["adc_class"], options.adc_cutoff, options.indeterminate_band, options.marrow_max_or_none)
 
 
 def _num(value, digits: int = 2) -> str:

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
+from ..core.classes import CLASSES, OUTSIDE
 from ..core.sequences import SEQUENCE, SEQUENCES, SIGNAL_KEYS
+from ..core.tiers import DECIDING_SIGN_WORDS
 from ..core.differential import is_number, likelihood_word
 from .nodes import CLASS_COLORS
 from .table import COLUMN_LABELS, COLUMNS
@@ -24,13 +26,8 @@ from .table import COLUMN_LABELS, COLUMNS
 TOP_DIFFERENTIAL = 3
 NONE_ITEM = '<span class="muted">–</span>'
 
-# adc_class of a row -> (overlay value of its colour, words shown)
-CLASS_BADGES = {
-    "malignant": (3, "malignant-range"),
-    "benign": (1, "benign-range"),
-    "indeterminate": (2, "indeterminate"),
-    "reference": (None, "reference"),
-}
+# adc_class of a row -> words shown: the class table's labels, and the reference's
+CLASS_BADGES = {**{c.key: c.label for c in CLASSES if c is not OUTSIDE}, "reference": "reference"}
 
 
 def write_report(path, document: dict, pictures, single_file: bool = False) -> Path:
@@ -108,8 +105,11 @@ def _at_a_glance(document: dict, pictures: list, folder: Optional[Path]) -> str:
     summary = [p for p in pictures if p.kind == "summary"]
     return (
         "<section id=\"glance\">\n<h2>At a glance</h2>\n" + table + "\n"
-        "<p class=\"note\">A lesion's class comes from its mean ADC against the cut-off; the colour map shows each voxel's "
-        "own ADC against the same cut-off (green benign-range, red malignant-range).</p>\n"
+        "<p class=\"note\">A lesion's class comes from the signs read first (fat, CT density, heterogeneity), then from "
+        "its mean ADC in tiers: normal-marrow range (blue, never malignant), malignant range (red), indeterminate band "
+        "about the cut-off (yellow), benign range (green). The map colours each voxel by its own ADC in the same tiers, "
+        "except that a lesion in the normal-marrow range, a fat-containing lesion and a bone island keep their "
+        "lesion's colour.</p>\n"
         + "".join(_figure(p, folder) for p in overview + summary) + "</section>"
     )
 
@@ -120,10 +120,12 @@ def _study(document: dict) -> str:
     names = {"adc": "ADC map", "dwi": "DWI", "segmentation": "Segmentation", **{s.key: s.label for s in SEQUENCES}}
     rows = [(names.get(key, key), value) for key, value in inputs.items()]
     bvalues = adc.get("bvalues_s_per_mm2")
+    statement = adc.get("bvalues", {}).get("text")
     rows += [
         ("ADC source", adc.get("source", "")),
         ("ADC units decided", adc.get("units", "")),
-        ("b-values (s/mm²)", ", ".join(f"{b:g}" for b in bvalues) if bvalues else "not known: the scanner's own ADC map was used"),
+        ("b-values (s/mm²)", statement or (", ".join(f"{b:g}" for b in bvalues) if bvalues
+                                           else "not known: the scanner's own ADC map was used")),
     ]
     if adc.get("fit_method"):
         rows.append(("ADC fit", adc["fit_method"]))
@@ -175,7 +177,7 @@ def _lesions(document: dict, pictures: list, folder: Optional[Path]) -> str:
         articles.append(
             f"<article class=\"lesion\" id=\"{_anchor(name)}\">\n"
             f"<h3>{_e(name)} {_badge(row.get('adc_class'))}</h3>\n"
-            f"<div class=\"pair\"><div>{_key_numbers(row)}"
+            f"<div class=\"pair\"><div>{_tier(detail)}{_key_numbers(row)}"
             + (f"<p class=\"summary\">{_e(detail['differential_summary'])}</p>" if detail.get("differential_summary") else "")
             + "</div><div>" + "".join(_figure(p, folder) for p in histograms) + "</div></div>\n"
             + _differential(detail.get("differential", []))
@@ -185,6 +187,18 @@ def _lesions(document: dict, pictures: list, folder: Optional[Path]) -> str:
     if not articles:
         return ""
     return "<section id=\"lesions\">\n<h2>Lesions</h2>\n" + "\n".join(articles) + "\n</section>"
+
+
+def _tier(detail: dict) -> str:
+    """The lesion's reading: its tier in words, the sign that decided it, and every reason."""
+    tier = detail.get("tier")
+    if not tier:
+        return ""
+    sign = tier.get("deciding_sign")
+    reasons = [r for r in tier.get("reasons", []) if r != tier.get("text")]
+    more = _list("reasons", "".join(f"<li>{_e(r)}</li>" for r in reasons)) if reasons else ""
+    return (f"<p class=\"tier\"><b>Reading ({_e(DECIDING_SIGN_WORDS.get(sign, sign))}):</b> "
+            f"{_e(tier.get('text', ''))}</p>{more}")
 
 
 def _differential_cell(value: Optional[str], labels: Dict[str, str]) -> str:
@@ -272,6 +286,21 @@ def _criteria(document: dict) -> str:
     ct = criteria.get("ct_sclerotic_min_hu")
     if ct:
         rows.append(("CT sclerotic at or above", f"{_fmt(ct.get('value'), 0)} HU", ct.get("where", ""), ct.get("citation", "")))
+    for key, what, unit in (("marrow_max", "Normal-marrow range: lesion mean ADC at or below", " ×10⁻³ mm²/s"),
+                            ("bone_island_min_hu", "Bone island favoured at or above", " HU"),
+                            ("fat_t1_ratio_min", "Fat-containing: T1 / normal marrow at or above", ""),
+                            ("fat_fraction_min_percent", "Fat-containing: Dixon fat fraction at or above", " %"),
+                            ("chemical_shift_drop_below", "Fat-containing: opposed / in-phase below", ""),
+                            ("heterogeneity", "Heterogeneous ROI", ""),
+                            ("reference_check", "Reference ROI checked", ""),
+                            ("small_roi", "Small ROIs: supersampled", " × per axis")):
+        entry = criteria.get(key)
+        if entry:
+            value = _e(entry.get("rule", "")) if entry.get("value") is None else f"{_fmt(entry.get('value'))}{unit}"
+            if entry.get("off"):
+                value += " (off)"
+            flag = "" if entry.get("verified", True) else " (not verified against the paper)"
+            rows.append((what, value, (entry.get("where") or "") + flag, entry.get("citation", "")))
     main = "".join(
         f"<tr><td>{_e(what)}</td><td class=\"num\">{value}</td><td>{_e(where)}<div class=\"cite\">{_e(cite)}</div></td></tr>"
         for what, value, where, cite in rows
@@ -331,7 +360,7 @@ def _figure(picture, folder: Optional[Path]) -> str:
 def _badge(adc_class: Optional[str]) -> str:
     if adc_class not in CLASS_BADGES:
         return f"<span class=\"badge none\">{_e(adc_class or 'n/a')}</span>"
-    return f"<span class=\"badge {_class_css(adc_class)}\">{_e(CLASS_BADGES[adc_class][1])}</span>"
+    return f"<span class=\"badge {_class_css(adc_class)}\">{_e(CLASS_BADGES[adc_class])}</span>"
 
 
 def _class_css(adc_class: Optional[str]) -> str:
@@ -372,14 +401,15 @@ def _class_colors() -> Dict[str, str]:
         r, g, b = (round(255 * c) for c in CLASS_COLORS[value][1][:3])
         return f"rgb({r}, {g}, {b})"
 
-    return {"benign": css(1), "indeterminate": css(2), "malignant": css(3)}
+    return {c.key: css(c.code) for c in CLASSES if c is not OUTSIDE}
 
 
 _COLORS = _class_colors()
 
 CSS = """
 :root { --ink: #1b1f24; --muted: #5b6470; --line: #d9dde3; --soft: #f3f5f8;
-  --benign: %(benign)s; --indeterminate: %(indeterminate)s; --malignant: %(malignant)s; --reference: #1f9fd8; }
+  --benign: %(benign)s; --indeterminate: %(indeterminate)s; --malignant: %(malignant)s; --marrow: %(marrow)s;
+  --reference: #1f9fd8; }
 * { box-sizing: border-box; }
 html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 body { margin: 0; background: #eceff3; color: var(--ink);
@@ -408,12 +438,14 @@ td.class { font-weight: 600; border-left: 5px solid transparent; }
 td.class.malignant { background: #fbe3e3; border-left-color: var(--malignant); color: #8a1010; }
 td.class.benign { background: #e2f5e7; border-left-color: var(--benign); color: #0f5c22; }
 td.class.indeterminate { background: #fff6d3; border-left-color: var(--indeterminate); color: #6b5600; }
+td.class.marrow { background: #e4edfc; border-left-color: var(--marrow); color: #173f80; }
 td.class.reference { background: #e3f1fa; border-left-color: var(--reference); color: #0d4f73; }
 .badge { display: inline-block; padding: 2px 10px; border-radius: 999px; font-size: 13px; font-weight: 700;
   letter-spacing: .2px; white-space: nowrap; }
 .badge.malignant { background: var(--malignant); color: #fff; }
 .badge.benign { background: var(--benign); color: #fff; }
 .badge.indeterminate { background: var(--indeterminate); color: #3b3000; }
+.badge.marrow { background: var(--marrow); color: #fff; }
 .badge.reference { background: var(--reference); color: #fff; }
 .badge.none { background: var(--soft); color: var(--muted); }
 table.glance td, table.glance th { font-size: 14px; }

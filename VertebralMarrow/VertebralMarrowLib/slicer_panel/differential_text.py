@@ -7,6 +7,8 @@ import html
 from typing import List, Optional
 
 from .. import DISCLAIMER
+from ..core.classes import BY_KEY
+from ..core.tiers import DECIDING_SIGN_WORDS
 from ..core.differential import is_number, likelihood_word
 
 
@@ -24,6 +26,10 @@ def differential_html(document: Optional[dict], segment: Optional[str]) -> str:
     detail = document.get("segments", {}).get(segment, {})
     cutoff = document.get("criteria", {}).get("adc_cutoff", {}).get("value")
     parts = [f"<h3>{_e(segment)}</h3>", f"<p>{_measurements(row, cutoff)}</p>"]
+    tier = detail.get("tier") or {}
+    if tier.get("text"):
+        sign = tier.get("deciding_sign")
+        parts.append(f"<p><b>Reading ({_e(DECIDING_SIGN_WORDS.get(sign, sign))})</b>: {_e(tier['text'])}</p>")
     candidates = detail.get("differential") or []
     if row.get("role") != "lesion":
         parts.append(f"<p>{_e(segment)} has the role <b>{_e(row.get('role', ''))}</b>: no differential is ranked for it.</p>")
@@ -60,8 +66,8 @@ def _measurements(row: dict, cutoff) -> str:
     if is_number(mean):
         text = f"Mean ADC {mean:.2f} x 10^-3 mm^2/s"
         adc_class = row.get("adc_class")
-        if adc_class in ("malignant", "benign", "indeterminate") and is_number(cutoff):
-            text += f": {adc_class}-range (cut-off {cutoff:g})" if adc_class != "indeterminate" else f": indeterminate (cut-off {cutoff:g})"
+        if adc_class in BY_KEY and is_number(cutoff):
+            text += f": {BY_KEY[adc_class].label} (cut-off {cutoff:g})"
         words.append(text)
     if is_number(row.get("volume_ml")):
         words.append(f"{row['volume_ml']:.2f} mL, {row.get('n_voxels_adc', 0)} ADC voxels")
