@@ -326,7 +326,7 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
 
     step(0.15, "ADC")
     study = StudyNodes(segmentation=segmentation, adc=adc, dwi=list(dwi), bvalues=list(bvalues))
-    adc_node, adc_map, adc_source, adc_units, _ = _adc(scene, study, resolved, warnings, lambda f, t: step(0.15 + 0.3 * f, t))
+    adc_node, adc_map, adc_source, adc_units = _adc(scene, study, resolved, warnings, lambda f, t: step(0.15 + 0.3 * f, t))[:4]
 
     step(0.5, "marrow ROIs on the ADC grid")
     erosion = settings["erosion_mm"]
