@@ -64,10 +64,13 @@ def test_demo_followup_categories_are_the_ground_truth(demo):
     lesions = {row["segment"]: row for row in rows if row["kind"] == "lesion"}
     assert set(lesions) == set(truth["response"])
     for name, expected in truth["response"].items():
-        assert lesions[name]["response"] == expected, (name, lesions[name]["rule"])
+        if expected is not None:  # None: the phantom's truth gives the lesion no ADC to compare
+            assert lesions[name]["response"] == expected, (name, lesions[name]["rule"])
     for name in truth["new"]:
         assert lesions[name]["status"] == "new"
     for name, before in truth["lesion_adc_baseline"].items():
+        if truth["response"][name] is None:
+            continue
         after = truth["lesion_adc_followup"][name]
         assert float(lesions[name]["adc_change_pct"]) == pytest.approx(100 * (after - before) / before, abs=8), name
 

@@ -86,9 +86,10 @@ def write_spine_labels(study_dir) -> Dict[str, Path]:
 
 def expected_marrow_adc(lesion_adc: Dict[str, float], normal_adc: float, erosion_mm: float,
                         extra: Optional[Lesion] = None, extra_adc: float = 0.0, step_mm: float = 0.5) -> Dict[str, float]:
-    """Mean true ADC over each vertebral body shrunk by `erosion_mm`, on a fine grid of its own."""
+    """Mean true ADC over each vertebral body shrunk by `erosion_mm`, on a fine grid of its own
+    (every tissue's ADC as the phantom's tissue table gives it)."""
     anatomy = Anatomy(lesion_adc)
-    adc_of = {name: adc for name, adc in lesion_adc.items()}
+    adc_of_code = tissue_properties(anatomy, load_criteria(), normal_adc)[:, 4]
     a, b = BODY_SEMI_AXES_MM[0] - erosion_mm, BODY_SEMI_AXES_MM[1] - erosion_mm
     half = BODY_HALF_HEIGHT_MM - erosion_mm
     axis_x, axis_y = np.arange(-a, a + 1e-9, step_mm), np.arange(-b, b + 1e-9, step_mm)
@@ -98,10 +99,7 @@ def expected_marrow_adc(lesion_adc: Dict[str, float], normal_adc: float, erosion
         x, y, z = np.meshgrid(axis_x, axis_y, axis_z + level_centre_z(level), indexing="ij")
         inside = (x / a) ** 2 + (y / b) ** 2 <= 1.0
         ras = np.vstack([x[inside], y[inside], z[inside]])
-        codes = anatomy.tissue_at(ras)
-        values = np.full(codes.shape, normal_adc)
-        for lesion in LESIONS:
-            values[codes == anatomy.code(lesion.segment)] = adc_of[lesion.segment]
+        values = adc_of_code[anatomy.tissue_at(ras)]
         if extra is not None:
             values[Anatomy.in_lesion(extra, ras)] = extra_adc
         expected[level] = float(values.mean())
@@ -154,7 +152,10 @@ def make_followup(out_dir, seed: int = 0, with_labels: bool = True) -> dict:
     write_node(app.scene, segmentation, out / "rois.seg.nrrd")
     label_files = write_spine_labels(out) if with_labels else {}
 
-    responses = {lesion.segment: FOLLOWUP_RESPONSE.get(lesion.segment, "RAC3") for lesion in LESIONS}
+    # Lesions the phantom's own truth leaves without an ADC (sclerosis without DWI signal, a
+    # lesion too small for the DWI grid) get no category: None.
+    responses = {lesion.segment: None if lesion.entity == "bone_island" or lesion.small
+                 else FOLLOWUP_RESPONSE.get(lesion.segment, "RAC3") for lesion in LESIONS}
     responses[NEW_LESION.segment] = "RAC5"
     erosion = float(criteria["spine"]["erosion_mm"]["value"])
     truth = {
