@@ -395,3 +395,24 @@ def test_a_scanner_map_at_the_cutoff_is_at_it_not_above():
     np.testing.assert_array_equal(classify_adc(voxels, 1.21, 0.0, marrow_max=0.55), [3, 1, 4, 3])
     assert class_key(float(np.float64(1210) / 1000), 1.21, 0.0) == "malignant"
     np.testing.assert_array_equal(classify_adc(np.float32([1.01, 1.41, 1.0099, 1.4101]), 1.21, 0.2), [2, 2, 3, 1])
+
+
+def test_the_core_imports_with_vtk_and_slicer_unimportable():
+    """core/ is numpy only: every module of it imports in a Python where vtk, slicer and Qt
+    cannot be imported (as in a worker without them, or a test of the numbers alone)."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import VertebralMarrowLib.core as core
+
+    names = [f"VertebralMarrowLib.core.{info.name}" for info in pkgutil.iter_modules(core.__path__)]
+    assert {"VertebralMarrowLib.core.adc", "VertebralMarrowLib.core.classes", "VertebralMarrowLib.core.stats"} <= set(names)
+    code = ("import sys, importlib\n"
+            "for blocked in ('vtk', 'slicer', 'qt', 'PySide6', 'SimpleITK', 'matplotlib'):\n"
+            "    sys.modules[blocked] = None\n"
+            f"for name in {names!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

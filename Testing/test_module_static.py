@@ -44,6 +44,7 @@ import slicer.util
 import vtk
 
 from VertebralMarrowLib import DISCLAIMER
+from VertebralMarrowLib.core.criteria import SETTING
 from VertebralMarrowLib.outputs import nodes as outputs
 from VertebralMarrowLib.slicer_panel import panel
 from VertebralMarrowLib.analysis import analyze
@@ -346,8 +347,9 @@ def test_ui_min_voxels_ct_threshold_and_criteria_file_in_parameters():
         rows.setdefault(int(item.get("row")), []).append(item.find("widget").get("name"))
     assert sorted(rows) == list(range(len(rows))) and all(len(widgets) == 2 for widgets in rows.values())
     order = [name for row in sorted(rows) for name in rows[row]]
-    assert order[order.index("bmaxSpinBox") + 1:] == ["minVoxelsLabel", "minVoxelsSpinBox", "ctScleroticHuLabel",
-                                                      "ctScleroticHuSpinBox", "criteriaFileLabel", "criteriaFileWidget"]
+    assert order[order.index("bmaxSpinBox") + 1:] == ["minVoxelsLabel", "minVoxelsSpinBox", "ctScleroticHuLabel", "ctScleroticHuSpinBox",
+                                                      *(f"{p}{w}" for p in ("marrowMax", "boneIslandHu", "fatT1Ratio", "fatFractionMin", "chemicalShiftDrop") for w in ("Label", "SpinBox")),
+                                                      "criteriaFileLabel", "criteriaFileWidget"]
 
 
 def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):
@@ -533,8 +535,11 @@ def parameter_fields():
             for extra in elements[1:]:
                 if isinstance(extra, ast.Call) and dotted(extra.func) == "WithinRange":
                     field.within = tuple(ast.literal_eval(a) for a in extra.args)
+                elif isinstance(extra, ast.Call) and dotted(extra.func) == "_within":  # a setting's range
+                    setting = SETTING[ast.literal_eval(extra.args[0])]
+                    field.within = (setting.low, setting.high)
                 elif isinstance(extra, ast.Call) and dotted(extra.func) == "Choice":
-                    field.choices = tuple(ast.literal_eval(extra.args[0]))
+                    field.choices = tuple(_literal_or_setting(extra.args[0]))
         else:
             inner = annotation
         if isinstance(inner, ast.Name) and inner.id in ("float", "int", "str", "bool"):
@@ -550,9 +555,19 @@ def parameter_fields():
         else:
             raise AssertionError(f"field {name}: annotation {field.annotation} not understood by this test")
         if statement.value is not None:
-            field.default, field.has_default = ast.literal_eval(statement.value), True
+            field.default, field.has_default = _literal_or_setting(statement.value), True
         fields[name] = field
     return fields
+
+
+def _literal_or_setting(node):
+    """A literal, or what the module file takes from the settings table: `_default("name")`
+    and `list(SETTING["name"].choices)`."""
+    if isinstance(node, ast.Call) and dotted(node.func) == "_default":
+        return SETTING[ast.literal_eval(node.args[0])].default_value()
+    if isinstance(node, ast.Call) and dotted(node.func) == "list" and isinstance(node.args[0], ast.Attribute):
+        return list(SETTING[ast.literal_eval(node.args[0].value.slice)].choices)
+    return ast.literal_eval(node)
 
 
 # Slicer's parameterNodeWrapper GUI connectors (guiConnectors.py, canRepresent): the exact
@@ -693,8 +708,10 @@ def test_parameter_annotations_evaluate_under_python_39():
         "cls = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == sys.argv[2]][0]\n"
         "class Stub:\n"
         "    def __init__(self, *a, **k): pass\n"
+        "import collections\n"
         "namespace = {'Annotated': Annotated, 'List': List, 'Optional': Optional, 'Union': Union,\n"
-        "             'WithinRange': Stub, 'Choice': Stub}\n"
+        "             'WithinRange': Stub, 'Choice': Stub, '_within': Stub,\n"
+        "             'SETTING': collections.defaultdict(lambda: type('Setting', (), {'choices': ()})())}\n"
         "for n in ast.walk(cls):\n"
         "    if isinstance(n, ast.Name) and n.id.startswith('vtkMRML'):\n"
         "        namespace[n.id] = type(n.id, (), {})\n"
@@ -1612,3 +1629,15 @@ def test_every_image_input_of_the_command_line_is_on_the_panel():
     for sequence in SEQUENCES:
         assert sequence.parameter in fields, sequence.key
         assert bound[sequence.parameter][0] == "qMRMLNodeComboBox", sequence.key
+
+
+def test_the_panel_passes_every_setting_to_the_analysis():
+    """Each setting of core.criteria.SETTINGS has its panel parameter, and what the panel holds
+    is what the analysis gets (the signs' thresholds and the normal-marrow tier included)."""
+    from VertebralMarrowLib.core.criteria import SETTINGS
+
+    assert {s.parameter for s in SETTINGS} <= set(parameter_fields())
+    chosen = dict(marrowMax=0.6, boneIslandHu=900.0, fatT1Ratio=1.3, fatFractionMin=7.0, chemicalShiftDrop=0.7)
+    options = panel.options_from_parameters(parameters(**chosen)).resolved()
+    assert (options.marrow_max, options.bone_island_min_hu, options.fat_t1_ratio_min, options.fat_fraction_min_percent,
+            options.chemical_shift_drop_below) == tuple(chosen.values())

@@ -35,6 +35,7 @@ from slicer.util import VTKObservationMixin
 
 from VertebralMarrowLib import DISCLAIMER, __version__
 from VertebralMarrowLib import analysis
+from VertebralMarrowLib.core.criteria import SETTING
 from VertebralMarrowLib.outputs import folder as output_folder
 from VertebralMarrowLib.slicer_panel import panel, series
 from VertebralMarrowLib.mrml import HeadlessApp
@@ -88,6 +89,15 @@ class VertebralMarrow(ScriptedLoadableModule):
 #
 
 
+def _default(name: str):
+    """A setting's default (core.criteria.SETTINGS: from criteria.json where it is a clinical number)."""
+    return SETTING[name].default_value()
+
+
+def _within(name: str) -> WithinRange:
+    return WithinRange(SETTING[name].low, SETTING[name].high)
+
+
 @parameterNodeWrapper
 class VertebralMarrowParameterNode:
     """
@@ -108,6 +118,9 @@ class VertebralMarrowParameterNode:
     fitMethod, bmin, bmax - the DWI fit; b-value limits of 0 mean no limit.
     minVoxels - a ROI covering fewer voxels of a volume is reported with a warning (project default).
     ctScleroticHu - lesion mean CT attenuation (HU) at or above it is sclerotic (Ulano 2016: mean - 2 SD).
+    marrowMax, boneIslandHu, fatT1Ratio, fatFractionMin, chemicalShiftDrop - the normal-marrow tier's
+        top and the thresholds of the signs read before the tier (see VertebralMarrowLib.core.criteria
+        SETTINGS for each one's source); set from the Python console, saved with the scene.
     criteriaFile - the user's own criteria file (criteria.json layout); empty: the built-in one. It
         supplies the entity tables, the differential's factors and the references; the numbers
         above come from the panel and override the file's.
@@ -133,16 +146,22 @@ class VertebralMarrowParameterNode:
     opposedPhaseVolume: vtkMRMLScalarVolumeNode
     fatFractionVolume: vtkMRMLScalarVolumeNode
     displayVolume: vtkMRMLScalarVolumeNode
-    cutoff: Annotated[float, WithinRange(0.1, 4.0)] = 1.21
-    indeterminateBand: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
-    adcUnits: Annotated[str, Choice(["auto", "mm2/s", "1e-3", "1e-6"])] = "auto"
-    signalLowBelow: Annotated[float, WithinRange(0.1, 1.0)] = 0.8
-    signalHighAbove: Annotated[float, WithinRange(1.0, 5.0)] = 1.2
-    fitMethod: Annotated[str, Choice(["iwls", "ols"])] = "iwls"
-    bmin: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    # The clinical settings: defaults, ranges and choices from the one settings table.
+    cutoff: Annotated[float, _within("adc_cutoff")] = _default("adc_cutoff")
+    indeterminateBand: Annotated[float, _within("indeterminate_band")] = _default("indeterminate_band")
+    adcUnits: Annotated[str, Choice(list(SETTING["adc_units"].choices))] = _default("adc_units")
+    signalLowBelow: Annotated[float, _within("signal_low_below")] = _default("signal_low_below")
+    signalHighAbove: Annotated[float, _within("signal_high_above")] = _default("signal_high_above")
+    fitMethod: Annotated[str, Choice(list(SETTING["fit_method"].choices))] = _default("fit_method")
+    bmin: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0  # 0: no limit (the spin box shows 'all')
     bmax: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
-    minVoxels: Annotated[int, WithinRange(1, 10000)] = 10
-    ctScleroticHu: Annotated[float, WithinRange(0.0, 3000.0)] = 302.0
+    minVoxels: Annotated[int, _within("min_voxels")] = _default("min_voxels")
+    ctScleroticHu: Annotated[float, _within("ct_sclerotic_min_hu")] = _default("ct_sclerotic_min_hu")
+    marrowMax: Annotated[float, _within("marrow_max")] = _default("marrow_max")
+    boneIslandHu: Annotated[float, _within("bone_island_min_hu")] = _default("bone_island_min_hu")
+    fatT1Ratio: Annotated[float, _within("fat_t1_ratio_min")] = _default("fat_t1_ratio_min")
+    fatFractionMin: Annotated[float, _within("fat_fraction_min_percent")] = _default("fat_fraction_min_percent")
+    chemicalShiftDrop: Annotated[float, _within("chemical_shift_drop_below")] = _default("chemical_shift_drop_below")
     criteriaFile: str = ""
     showOverlay: bool = True
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5

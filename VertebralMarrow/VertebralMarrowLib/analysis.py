@@ -45,6 +45,22 @@ ADC_MAX_PLAUSIBLE = 4.0
 OVERLAY_CLASSES = {c.code: c.label for c in CLASSES}
 
 
+class AnalysisWarning(str):
+    """A warning: its text (it is a str, so it prints and serialises as one), the segment it
+    concerns ('' for the whole study) and its kind, for consumers that sort or filter them."""
+
+    segment: str
+    kind: str
+
+    def __new__(cls, text: str, segment: str = "", kind: str = "study"):
+        warning = super().__new__(cls, text)
+        warning.segment, warning.kind = segment, kind
+        return warning
+
+    def as_dict(self) -> dict:
+        return {"segment": self.segment, "kind": self.kind, "text": str(self)}
+
+
 class Cancelled(Exception):
     """The user cancelled a running analysis."""
 
@@ -80,7 +96,7 @@ class AnalysisResult:
     adc_source: str
     adc_units: str
     bvalues_used: Optional[List[float]]
-    warnings: List[str]
+    warnings: List[AnalysisWarning]
     options: Options
     inputs: Dict[str, str]
     rois_on_adc: SegmentsOnGrid      # the measured segments on the ADC grid, for pictures
@@ -109,7 +125,7 @@ def analyze(
         raise InputError(f"options must be VertebralMarrowLib Options, got {type(options).__name__}")
     check_study_nodes(study)
     resolved = (options or Options()).resolved()
-    warnings: List[str] = []
+    warnings: List[AnalysisWarning] = []
 
     def step(fraction: float, text: str) -> None:
         if cancelled is not None and cancelled():
@@ -157,7 +173,8 @@ def analyze(
     else:
         references = [sid for sid in measured if roles[sid] == "reference"]
     if not references:
-        warnings.append("no reference ROI of normal marrow (name it '... normal' or use --reference): signal ratios are empty")
+        warnings.append(AnalysisWarning("no reference ROI of normal marrow (name one '... normal' or choose it as the "
+                                        "reference): signal ratios are empty", kind="no_reference"))
     reference_mean = {key: _pooled_mean(means, references) for key, means in signal_means.items()}
     for role in ("disc", "muscle"):
         for key in SIGNAL_KEYS:
@@ -189,7 +206,8 @@ def analyze(
     for sid, stats in adc_stats.items():
         if stats.get("n_nonfinite"):
             what = f": {NO_DWI_SIGNAL_TEXT}" if sid in dense else " (NaN, 0 in a scanner map, or not fitted)"
-            warnings.append(f"ROI '{names[sid]}': {stats['n_nonfinite']} voxels are without a value{what}; left out")
+            warnings.append(AnalysisWarning(f"ROI '{names[sid]}': {stats['n_nonfinite']} voxels are without a value{what}; "
+                                            "left out", names[sid], "no_value"))
     if len(unmeasured) == len(measured):
         raise InputError("no ROI can be measured on the ADC map: " + "; ".join(f"'{names[s]}' {why}" for s, why in unmeasured.items()))
 
@@ -240,7 +258,8 @@ def _roles(segmentation, ids, names, given: Dict[str, str], reference_names: Seq
     are references whatever their tag says."""
     unknown = [name for name in reference_names if name not in names.values()]
     if unknown:
-        raise InputError(f"--reference {', '.join(unknown)}: no such segment; segments are: {', '.join(names.values())}")
+        raise InputError(f"reference segment {', '.join(unknown)}: no such segment; segments are: {', '.join(names.values())}",
+                         field="reference_segments")
     roles = {}
     for sid in ids:
         if names[sid] in reference_names:
@@ -250,7 +269,7 @@ def _roles(segmentation, ids, names, given: Dict[str, str], reference_names: Seq
     return roles
 
 
-def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
+def _adc(scene, study: StudyNodes, options: Options, warnings: List[AnalysisWarning], step):
     if study.adc is not None and study.dwi:
         raise InputError("give either an ADC map or DWI volumes, not both")
     if study.adc is not None:
@@ -261,7 +280,7 @@ def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
         adc_map[raw == 0] = np.nan
         return study.adc, adc_map, "scanner ADC map", decision.how, None, None
     if not study.dwi:
-        raise InputError("no ADC input: give a scanner ADC map (--adc) or multi-b DWI (--dwi with --bvalues)")
+        raise InputError("no ADC input: give a scanner ADC map, or multi-b DWI with its b-values")
     adc_map, bvalues = fit_dwi_nodes(study.dwi, study.bvalues, options.fit_method, options.bmin, options.bmax,
                                      progress=lambda fraction, text: step(0.05 + 0.35 * fraction, text))
     grid = ijk_to_ras_of(study.dwi[0])
@@ -271,7 +290,8 @@ def _adc(scene, study: StudyNodes, options: Options, warnings: List[str], step):
     dropped = sorted({float(b) for b in study.bvalues if (options.bmin is not None and b < options.bmin)
                       or (options.bmax is not None and b > options.bmax)})
     if dropped:
-        warnings.append(f"b-values left out of the fit: {', '.join(f'{b:g}' for b in dropped)} s/mm^2")
+        warnings.append(AnalysisWarning(f"b-values left out of the fit: {', '.join(f'{b:g}' for b in dropped)} s/mm^2",
+                                        kind="bvalues_dropped"))
     method = "iteratively reweighted log-linear least squares" if options.fit_method == "iwls" else "ordinary log-linear least squares"
     source = f"fitted from DWI (b = {', '.join(f'{b:g}' for b in bvalues)} s/mm^2; {method})"
     lowest = min(range(len(study.dwi)), key=lambda index: float(study.bvalues[index]))
@@ -328,7 +348,7 @@ def _mask_of(on_grid, ids) -> np.ndarray:
     return mask
 
 
-def _check_coverage(on_grid, stats: Dict[str, dict], names, volume_label: str, min_voxels: int, warnings: List[str],
+def _check_coverage(on_grid, stats: Dict[str, dict], names, volume_label: str, min_voxels: int, warnings: List[AnalysisWarning],
                     unmeasured: Optional[Dict[str, str]] = None):
     """Warn about ROIs partly outside a volume or covering few voxels of it. A ROI covering no
     voxel centre is recorded in `unmeasured` (the ADC map: measured on the voxels it partly
@@ -342,16 +362,19 @@ def _check_coverage(on_grid, stats: Dict[str, dict], names, volume_label: str, m
                 if unmeasured is not None:
                     unmeasured[sid] = f"{where} {volume_label}"
                 else:
-                    warnings.append(f"ROI '{names[sid]}' {where} {volume_label}: not measured there")
+                    warnings.append(AnalysisWarning(f"ROI '{names[sid]}' {where} {volume_label}: not measured there",
+                                                    names[sid], "not_measured"))
                 continue
             if outside > 0.0:
-                warnings.append(f"ROI '{names[sid]}' lies {outside:.0%} outside {volume_label}; measured on the overlap")
+                warnings.append(AnalysisWarning(f"ROI '{names[sid]}' lies {outside:.0%} outside {volume_label}; measured on "
+                                                "the overlap", names[sid], "partly_outside"))
             if count < min_voxels:
-                warnings.append(f"ROI '{names[sid]}' covers only {count} voxels of {volume_label} (fewer than {min_voxels}): too few to trust")
+                warnings.append(AnalysisWarning(f"ROI '{names[sid]}' covers only {count} voxels of {volume_label} (fewer than "
+                                                f"{min_voxels}): too few to trust", names[sid], "few_voxels"))
 
 
 def _measure_small_rois(scene, app, segmentation, adc_node, adc_map, adc_stats, on_adc, names, unmeasured,
-                        options: Options, warnings: List[str]) -> Dict[str, dict]:
+                        options: Options, warnings: List[AnalysisWarning]) -> Dict[str, dict]:
     """ROIs covering fewer voxel centres of the ADC grid than min_voxels (none at all, too)
     are measured on every voxel they partly cover, weighted by the covered fraction (the
     segment supersampled, criteria small_roi). Their statistics replace the centre-sampled
@@ -378,8 +401,9 @@ def _measure_small_rois(scene, app, segmentation, adc_node, adc_map, adc_stats, 
                 "supersample": factor, "flat_indices": flat, "fractions": fractions,
                 "note": "measured on the ADC voxels the ROI partly covers, each weighted by the fraction it covers",
             }
-            warnings.append(f"ROI '{names[sid]}' covers {count} voxel centres of the ADC map: measured on the {flat.size} "
-                            f"voxels it partly covers ({fractions.sum():.1f} voxels' worth), weighted by coverage")
+            warnings.append(AnalysisWarning(f"ROI '{names[sid]}' covers {count} voxel centres of the ADC map: measured on "
+                                            f"the {flat.size} voxels it partly covers ({fractions.sum():.1f} voxels' worth), "
+                                            "weighted by coverage", names[sid], "partial_volume"))
     return partial
 
 
@@ -390,7 +414,7 @@ def _partial_words(partial: Optional[dict]) -> Optional[str]:
             f"({partial['covered_voxels']:.1f} voxels' worth; {partial['voxel_centres']} voxel centres)")
 
 
-def _check_reference(rows: List[dict], details: List[dict], options: Options, warnings: List[str]) -> None:
+def _check_reference(rows: List[dict], details: List[dict], options: Options, warnings: List[AnalysisWarning]) -> None:
     """The normal-marrow reference is itself checked (criteria reference_check): an ADC above
     the normal-marrow range or T1 not above the disc means it may be infiltrated."""
     for row, detail in zip(rows, details):
@@ -408,9 +432,11 @@ def _check_reference(rows: List[dict], details: List[dict], options: Options, wa
                                                                      and mean > options.marrow_max),
                                      "t1_vs_disc": None if t1_vs_disc == "n/a" else t1_vs_disc, "problems": problems}
         if problems:
-            warnings.append(f"reference ROI '{row['segment']}' may itself be infiltrated: {'; '.join(problems)}. "
-                            "Exclude diffuse infiltration (e.g. myeloma) before reading ratios against it; "
-                            "ratios against disc and muscle are in results.json where those ROIs are drawn")
+            warnings.append(AnalysisWarning(
+                f"reference ROI '{row['segment']}' may itself be infiltrated: {'; '.join(problems)}. "
+                "Exclude diffuse infiltration (e.g. myeloma) before reading ratios against it; "
+                "ratios against disc and muscle are in results.json where those ROIs are drawn",
+                row["segment"], "reference_infiltrated"))
 
 
 def _pooled_mean(means: Dict[str, tuple], ids: Sequence[str]) -> Optional[float]:
@@ -430,11 +456,11 @@ def _segment_result(sid, name, role, adc, adc_node, signal_means, reference_mean
                     partial_volume: Optional[str] = None):
     mean_adc = adc.get("mean")
     if mean_adc is not None and mean_adc < 0:
-        raise InputError(f"ROI '{name}' has a negative mean ADC ({mean_adc:.3g} x 10^-3 mm^2/s); check the ADC map and --adc-units")
+        raise InputError(f"ROI '{name}' has a negative mean ADC ({mean_adc:.3g} x 10^-3 mm^2/s); check the ADC map and its units", field="adc_units")
     if mean_adc is not None and mean_adc > ADC_MAX_PLAUSIBLE:
         raise InputError(
             f"ROI '{name}' has a mean ADC of {mean_adc:.4g} x 10^-3 mm^2/s, above free water (3.0); "
-            f"the ADC units are probably wrong: set --adc-units"
+            f"the ADC units are probably wrong: set them", field="adc_units"
         )
     ratios, signals = {}, {}
     for key in SIGNAL_KEYS:

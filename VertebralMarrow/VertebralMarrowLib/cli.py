@@ -241,8 +241,9 @@ def _with_flag(exc: InputError) -> str:
     """The message, naming the setting by its command-line flag."""
     from .core.criteria import SETTING
 
-    setting = SETTING.get(getattr(exc, "field", None) or "")
-    return f"{exc} ({setting.flag})" if setting is not None else str(exc)
+    field = getattr(exc, "field", None) or ""
+    flag = SETTING[field].flag if field in SETTING else {"reference_segments": "--reference"}.get(field)
+    return f"{exc} ({flag})" if flag else str(exc)
 
 
 def _run(args) -> int:

@@ -81,20 +81,21 @@ def decide_adc_units(values: np.ndarray, stored_as_integers: bool, requested: st
         unit = "1e-6"
     if requested != "auto":
         if requested not in UNIT_SCALE_TO_1E3:
-            raise InputError(f"ADC units '{requested}' unknown; use auto, mm2/s, 1e-3 or 1e-6")
+            raise InputError(f"ADC units '{requested}' unknown; use auto, mm2/s, 1e-3 or 1e-6", field="adc_units")
         # A unit off by 1000 turns every lesion malignant (or benign) without a sign: refuse a
         # map whose values make no sense in the unit given and name the unit they fit.
         in_1e3 = median * UNIT_SCALE_TO_1E3[requested]
         if requested != unit and not _PLAUSIBLE_MEDIAN_1E3[0] <= in_1e3 <= _PLAUSIBLE_MEDIAN_1E3[1]:
             raise InputError(
-                f"--adc-units {requested}: the map's median non-zero value {median:.4g} would be {in_1e3:.4g} x 10^-3 "
-                f"mm^2/s, implausible for tissue; the map looks like {UNIT_TEXT[unit]}: use --adc-units {unit} or auto"
+                f"ADC units {requested}: the map's median non-zero value {median:.4g} would be {in_1e3:.4g} x 10^-3 "
+                f"mm^2/s, implausible for tissue; the map looks like {UNIT_TEXT[unit]}: give the units {unit} or auto",
+                field="adc_units",
             )
         return UnitDecision(requested, UNIT_SCALE_TO_1E3[requested], f"{UNIT_TEXT[requested]} (given by the user)")
     kind = "integers" if stored_as_integers else "floats"
     how = (
         f"{UNIT_TEXT[unit]} (auto: map stored as {kind}, median of non-zero voxels {median:.4g}; "
-        f"override with --adc-units)"
+        f"the ADC units setting overrides it)"
     )
     return UnitDecision(unit, UNIT_SCALE_TO_1E3[unit], how)
 
@@ -124,8 +125,8 @@ def select_bvalues(bvalues_s_per_mm2: Sequence[float], bmin: Optional[float], bm
         keep &= b <= bmax
     if np.unique(b[keep]).size < 2:
         raise InputError(
-            f"b-values [{listed}] leave fewer than two distinct values inside "
-            f"--bmin {bmin} / --bmax {bmax}; widen the range"
+            f"b-values [{listed}] leave fewer than two distinct values between the lowest and highest b-value "
+            f"set ({bmin} / {bmax}); widen the range", field="bmin"
         )
     return [int(i) for i in np.nonzero(keep)[0]]
 

@@ -57,7 +57,6 @@ __all__ = [
     "rank_differential",
     "summarize",
     "likelihood_word",
-    "differential_keys",
     "pooled_adc",
     "fat_sign",
     "DISCLAIMER",
@@ -897,8 +896,3 @@ def summarize(candidates, top: int = 3) -> str:
         return "No differential: no candidates. Ranking only, not a diagnosis."
     parts = "; ".join(f"{c.label} ({likelihood_word(c)})" for c in shown)
     return f"Differential: {parts}. Ranking of the measured findings only, not a diagnosis."
-
-
-def differential_keys(candidates) -> str:
-    """The results.csv 'differential' column: entity keys, most likely first, ';'-separated."""
-    return ";".join(c.entity for c in candidates)

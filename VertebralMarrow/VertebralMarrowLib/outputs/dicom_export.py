@@ -123,6 +123,12 @@ def _segment_masks(result, frames: list) -> tuple:
     return np.stack(masks, axis=-1), described
 
 
+def _new_instance(hd, series_number: int) -> dict:
+    """The identity every object written here gets: a new series and instance, ours as maker."""
+    return dict(series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(),
+                instance_number=1, manufacturer=MANUFACTURER)
+
+
 def _segmentation(hd, sources, masks, described):
     from pydicom.sr.codedict import codes
 
@@ -148,11 +154,7 @@ def _segmentation(hd, sources, masks, described):
         pixel_array=masks.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=SEG_SERIES,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_instance(hd, SEG_SERIES),
         manufacturer_model_name="VertebralMarrow",
         software_versions=__version__,
         device_serial_number="0",
@@ -236,11 +238,7 @@ def _report(hd, result, sources, segmentation, described):
     return hd.sr.Comprehensive3DSR(
         evidence=list(sources) + [segmentation],
         content=content[0],
-        series_instance_uid=hd.UID(),
-        series_number=SR_SERIES,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_instance(hd, SR_SERIES),
         series_description="VertebralMarrow measurements (decision support only)",
     )
 
@@ -268,11 +266,7 @@ def _parametric_map(hd, result, sources, frames, bvalues, method):
     return hd.pm.ParametricMap(
         source_images=sources,
         pixel_array=values,
-        series_instance_uid=hd.UID(),
-        series_number=PM_SERIES,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_instance(hd, PM_SERIES),
         manufacturer_model_name="VertebralMarrow",
         software_versions=__version__,
         device_serial_number="0",

@@ -103,13 +103,14 @@ def _overview(renderer: SliceRenderer, background, centres: Dict[str, np.ndarray
         view = renderer.render(node, "Coronal", middle, "", label, field)
     under = _image_words(label)
     if plotting:
-        title = "All lesions: each voxel's ADC against the cut-off"
+        title = "All lesions: their ADC tiers on the image"
         subtitle = f"Coronal through the middle of the lesions on {under}; right: each lesion's mean ADC and class"
         _draw_snapshot([view], title, subtitle, "", result, path, panel=_lesion_list)
     else:
         write_views_png([view], path, result)
-    caption = (f"Overview on {under}: coronal through the middle of the lesions; overlay colours are each voxel's "
-               f"ADC against the cut-off {_num(result.options.adc_cutoff)}; beside it each lesion's mean ADC and class.")
+    caption = (f"Overview on {under}: coronal through the middle of the lesions; overlay colours are the ADC tiers "
+               f"(cut-off {_num(result.options.adc_cutoff)}), each lesion painted as it is read (signs first, then its "
+               f"ADC); beside it each lesion's mean ADC and class.")
     return Picture(path=path, caption=caption, kind="snapshot", segment="")
 
 
@@ -192,9 +193,9 @@ def _lesion_list(axes, result) -> None:
         value = CLASS_OF_ROW.get(row["adc_class"])
         if value is not None:
             axes.add_patch(Rectangle((0.02, y - 0.018), 0.045, 0.036, facecolor=_rgb(value), edgecolor="#333333", linewidth=0.5))
-        axes.text(0.09, y, _plain(_shorten(row["segment"], 26)), fontsize=10, va="center")
-        axes.text(0.62, y, _num(row["adc_mean"]), fontsize=10, va="center", ha="right", fontweight="bold")
-        axes.text(0.67, y, BY_KEY[row["adc_class"]].label if row["adc_class"] in BY_KEY else row["adc_class"], fontsize=9.5, va="center")
+        axes.text(0.09, y, _plain(_shorten(row["segment"], 22)), fontsize=9.5, va="center")
+        axes.text(0.53, y, _num(row["adc_mean"]), fontsize=9.5, va="center", ha="right", fontweight="bold")
+        axes.text(0.57, y, BY_KEY[row["adc_class"]].label if row["adc_class"] in BY_KEY else row["adc_class"], fontsize=9, va="center")
     axes.text(0.02, 0.92 - len(lesions) * step - 0.02,
               _plain(f"Class: the fat, density and heterogeneity signs first,\n"
                      f"then the mean ADC's tier (cut-off {_num(result.options.adc_cutoff)}, Kaur 2020)."),
@@ -218,17 +219,17 @@ def _draw_legend(figure, width: int, height: int, result) -> None:
     cutoff, band = options.adc_cutoff, options.indeterminate_band
     handles = []
     if marrow_max:
-        handles.append(Patch(facecolor=_rgb(4), label=f"normal marrow ≤ {_num(marrow_max)}"))
+        handles.append(Patch(facecolor=_rgb(4), label=f"marrow ≤ {_num(marrow_max)}"))
     handles.append(Patch(facecolor=_rgb(3), label=f"malignant ≤ {_num(cutoff - band)}"))
     if band > 0:
-        handles.append(Patch(facecolor=_rgb(2), label=f"indeterminate {_num(cutoff - band)}–{_num(cutoff + band)}"))
+        handles.append(Patch(facecolor=_rgb(2), label=f"indet. {_num(cutoff - band)}–{_num(cutoff + band)}"))
     handles.append(Patch(facecolor=_rgb(1), label=f"benign > {_num(cutoff + band)}"))
     handles += [
-        Line2D([], [], color="#222222", linewidth=1.6, label="lesion ROI"),
-        Line2D([], [], color=REFERENCE_COLOR, linewidth=1.6, linestyle="--", label="reference ROI"),
+        Line2D([], [], color="#222222", linewidth=1.6, label="lesion"),
+        Line2D([], [], color=REFERENCE_COLOR, linewidth=1.6, linestyle="--", label="reference"),
     ]
     figure.legend(handles=handles, loc="lower left", bbox_to_anchor=(MARGIN_PX / width, 6 / height),
-                  ncol=len(handles), frameon=False, fontsize=8.5, handlelength=1.3, columnspacing=0.9)
+                  ncol=len(handles), frameon=False, fontsize=8, handlelength=1.0, handletextpad=0.4, columnspacing=0.7)
     figure.text(1.0 - MARGIN_PX / width, 38 / height, "ADC in ×10⁻³ mm²/s; overlay at 50 % opacity",
                 fontsize=8, color="#555555", ha="right", va="bottom")
 

@@ -91,7 +91,7 @@ def _at_a_glance(document: dict, pictures: list, folder: Optional[Path]) -> str:
         likely = f"{_e(top[0]['label'])} <span class=\"muted\">({_e(likelihood_word(top[0]))})</span>" if top else "–"
         lines.append(
             f"<tr><td><a href=\"#{_anchor(row['segment'])}\">{_e(row['segment'])}</a></td>"
-            f"<td class=\"num\"><b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))}</td>"
+            f"<td class=\"num\">{_mean_sd(row)}</td>"
             f"<td>{_badge(row.get('adc_class'))}</td><td class=\"num\">{_fraction(row.get('fraction_at_or_below_cutoff'))}</td>"
             f"<td>{likely}</td></tr>"
         )
@@ -220,7 +220,7 @@ def _key_numbers(row: dict) -> str:
         for key, label in ((key, SEQUENCE[key].label) for key in SIGNAL_KEYS)
     )
     items = [
-        ("Mean ADC", f"<b>{_fmt(row.get('adc_mean'))}</b> ± {_fmt(row.get('adc_sd'))} ×10⁻³ mm²/s"),
+        ("Mean ADC", f"{_mean_sd(row)} ×10⁻³ mm²/s" if is_number(row.get("adc_mean")) else "n/a (not measured: see its reading)"),
         ("Median (P10–P90)", f"{_fmt(row.get('adc_median'))} ({_fmt(row.get('adc_p10'))}–{_fmt(row.get('adc_p90'))})"),
         ("Voxels at or below cut-off", _fraction(row.get("fraction_at_or_below_cutoff"))),
         ("ROI on the ADC grid", f"{_e(row.get('n_voxels_adc'))} voxels, {_fmt(row.get('volume_ml'))} mL"),
@@ -378,6 +378,13 @@ def _e(value) -> str:
 
 def _fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if is_number(value) else "n/a"
+
+
+def _mean_sd(row: dict) -> str:
+    """'<b>mean</b> ± SD', or 'n/a' for a lesion without an ADC value."""
+    if not is_number(row.get("adc_mean")):
+        return "n/a"
+    return f"<b>{_fmt(row['adc_mean'])}</b> ± {_fmt(row.get('adc_sd'))}"
 
 
 def _fraction(value) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 
 from .. import __version__
-from ..analysis import AnalysisResult
+from ..analysis import AnalysisResult, AnalysisWarning
 from ..core.criteria import citation
 
 # (column, unit, description): the outside contract of results.csv, in order.
@@ -115,7 +115,9 @@ def result_document(result: AnalysisResult) -> dict:
                 "bvalues": bvalue_statement(result)},
         "criteria": used,
         "references": criteria["references"],
-        "warnings": result.warnings,
+        "warnings": [str(warning) for warning in result.warnings],
+        # the same, each with the segment it concerns ('' for the study) and its kind
+        "warning_details": [warning_details(warning) for warning in result.warnings],
         "versions": {"vertebral_marrow": __version__, "python": platform.python_version(),
                      "numpy": np.__version__, "mrml": _slicer_version()},
     }
@@ -143,6 +145,13 @@ def bvalue_statement(result: AnalysisResult) -> dict:
     return {"values_s_per_mm2": values, "how": how,
             "text": f"{source}; the cut-offs were derived at {derived['derived_at']}",
             "cutoffs_derived_at": derived["derived_at"], "where": derived["where"]}
+
+
+def warning_details(warning) -> dict:
+    """{segment, kind, text} of a warning (a plain string is about the whole study)."""
+    if isinstance(warning, AnalysisWarning):
+        return warning.as_dict()
+    return {"segment": "", "kind": "study", "text": str(warning)}
 
 
 def _json_value(value):

@@ -51,7 +51,9 @@ def differential_html(document: Optional[dict], segment: Optional[str]) -> str:
                     item += f"<br/>{title}: " + _e("; ".join(candidate[key]))
             parts.append(item + "</li>")
         parts.append("</ol>")
-    warnings = [w for w in document.get("warnings", []) if segment in w or "ROI '" not in w]
+    # this segment's warnings and the study's (older documents: every warning)
+    details = document.get("warning_details") or [{"segment": "", "text": w} for w in document.get("warnings", [])]
+    warnings = [w["text"] for w in details if w.get("segment") in ("", segment)]
     if warnings:
         parts.append("<p><b>Warnings</b>:</p><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
     adc = document.get("adc", {})

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..analysis import StudyNodes
-from ..core.criteria import Options
+from ..core.criteria import SETTINGS, Options
 from ..core.sequences import SEQUENCES
 from ..errors import InputError
 from ..inputs.nodes import dwi_inputs
@@ -26,19 +26,9 @@ def options_from_parameters(params) -> Options:
     supplies the entity tables, the differential's factors and the references; the numbers
     the panel sets (cut-off, band, signal thresholds, minimum voxels, CT sclerotic threshold)
     always come from the panel, overriding the file's."""
-    return Options(
-        adc_cutoff=float(params.cutoff),
-        indeterminate_band=float(params.indeterminateBand),
-        signal_low_below=float(params.signalLowBelow),
-        signal_high_above=float(params.signalHighAbove),
-        min_voxels=int(params.minVoxels),
-        ct_sclerotic_min_hu=float(params.ctScleroticHu),
-        adc_units=str(params.adcUnits),
-        fit_method=str(params.fitMethod),
-        bmin=_limit(params.bmin),
-        bmax=_limit(params.bmax),
-        criteria_path=criteria_file(params.criteriaFile),
-    )
+    values = {setting.name: getattr(params, setting.parameter) for setting in SETTINGS}
+    values["bmin"], values["bmax"] = _limit(values["bmin"]), _limit(values["bmax"])
+    return Options(criteria_path=criteria_file(params.criteriaFile), **values)
 
 
 def criteria_file(text) -> Optional[Path]:
