@@ -18,7 +18,7 @@ from VertebralMarrowLib.phantom import make_phantom
 from VertebralMarrowLib.phantom_spine import expected_marrow_adc, write_spine_labels
 from VertebralMarrowLib.spine_analysis import body_heights_mm, erode_labels_mm, read_spine_labels
 
-MARROW_MAX = 0.548  # Koutoulidis 2017 abstract
+MARROW_MAX = 0.55  # Koutoulidis 2017 abstract: 0.548, the tier top criteria.json rounds it to
 EROSION_MM = 3.0
 
 
@@ -281,7 +281,6 @@ def test_vertebrae_mr_and_total_with_organs_are_recognised(tmp_path):
 
 
 def test_spine_scene_reloads_with_the_marrow_rois_coloured_by_tier(phantom, tmp_path):
-    import slicer
     from VertebralMarrowLib.core.classes import BY_KEY
 
     out, rows = _spine(phantom, tmp_path, "totalspineseg")

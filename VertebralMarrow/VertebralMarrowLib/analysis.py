@@ -9,7 +9,7 @@ ranked differential. The same function serves the CLI, plain Python and the Slic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -96,6 +96,7 @@ class AnalysisResult:
     adc_source: str
     adc_units: str
     bvalues_used: Optional[List[float]]
+    adc_scale_to_1e3: float          # 10^-3 mm^2/s per stored unit of adc_node
     warnings: List[AnalysisWarning]
     options: Options
     inputs: Dict[str, str]
@@ -148,7 +149,8 @@ def analyze(
         raise InputError("every segment has the role 'ignore'; nothing to measure")
 
     step(0.05, "ADC")
-    adc_node, adc_map, adc_source, adc_units, bvalues_used, low_b = _adc(scene, study, resolved, warnings, step)
+    adc = load_adc(scene, study, resolved, warnings, step)
+    adc_node, adc_map, adc_source, adc_units, bvalues_used, low_b = adc[:6]
 
     step(0.45, "ROIs on the ADC grid")
     on_adc = segments_on_grid(scene, app, segmentation, measured, adc_node)
@@ -244,7 +246,7 @@ def analyze(
     step(1.0, "done")
     return AnalysisResult(
         rows=rows, segments=details, adc_node=adc_node, adc_map=adc_map, overlay=overlay,
-        adc_source=adc_source, adc_units=adc_units, bvalues_used=bvalues_used,
+        adc_source=adc_source, adc_units=adc_units, bvalues_used=bvalues_used, adc_scale_to_1e3=adc.scale_to_1e3,
         warnings=warnings, options=resolved, inputs=inputs, rois_on_adc=on_adc, rois_on_grids=on_grids,
         partial_voxels={sid: info["flat_indices"] for sid, info in partial.items()},
     )
@@ -269,7 +271,20 @@ def _roles(segmentation, ids, names, given: Dict[str, str], reference_names: Seq
     return roles
 
 
-def _adc(scene, study: StudyNodes, options: Options, warnings: List[AnalysisWarning], step):
+class AdcInput(NamedTuple):
+    """The ADC of a study in 10^-3 mm^2/s, on `node`'s grid, and where it came from."""
+    node: object                      # the scanner map, or the fitted map's new node
+    map: np.ndarray                   # (k, j, i) float32, NaN where there is no value
+    source: str
+    units: str                        # what was decided or given, in words
+    bvalues: Optional[List[float]]    # the b-values fitted; None for a scanner map
+    low_b: Optional[np.ndarray]       # the lowest-b image (fitted DWI), for the no-signal sign
+    scale_to_1e3: float               # 10^-3 mm^2/s per stored unit of `node`
+
+
+def load_adc(scene, study: StudyNodes, options: Options, warnings: List[AnalysisWarning], step) -> AdcInput:
+    """The study's ADC: its scanner map in the units decided or given, or fitted from its DWI
+    (b-values outside the options' limits left out, with a warning)."""
     if study.adc is not None and study.dwi:
         raise InputError("give either an ADC map or DWI volumes, not both")
     if study.adc is not None:
@@ -278,7 +293,7 @@ def _adc(scene, study: StudyNodes, options: Options, warnings: List[AnalysisWarn
         adc_map = to_1e3(raw, decision.scale_to_1e3)
         # Scanners store "no value" (background, failed fit) as 0: no tissue has an ADC of 0.
         adc_map[raw == 0] = np.nan
-        return study.adc, adc_map, "scanner ADC map", decision.how, None, None
+        return AdcInput(study.adc, adc_map, "scanner ADC map", decision.how, None, None, decision.scale_to_1e3)
     if not study.dwi:
         raise InputError("no ADC input: give a scanner ADC map, or multi-b DWI with its b-values")
     adc_map, bvalues = fit_dwi_nodes(study.dwi, study.bvalues, options.fit_method, options.bmin, options.bmax,
@@ -296,7 +311,7 @@ def _adc(scene, study: StudyNodes, options: Options, warnings: List[AnalysisWarn
     source = f"fitted from DWI (b = {', '.join(f'{b:g}' for b in bvalues)} s/mm^2; {method})"
     lowest = min(range(len(study.dwi)), key=lambda index: float(study.bvalues[index]))
     low_b = np.asarray(array_of(study.dwi[lowest]), np.float32)
-    return adc_node, adc_map, source, "10^-3 mm^2/s (fitted)", bvalues, low_b
+    return AdcInput(adc_node, adc_map, source, "10^-3 mm^2/s (fitted)", bvalues, low_b, 1.0)
 
 
 def fit_dwi_nodes(nodes: Sequence[object], bvalues: Sequence[float], method: str, bmin: Optional[float],

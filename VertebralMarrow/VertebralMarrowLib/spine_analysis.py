@@ -10,7 +10,7 @@ levels the user names) and the discs. A plain function of its inputs and options
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -19,7 +19,7 @@ import slicer
 import vtk
 
 from . import DISCLAIMER, __version__
-from .analysis import StudyNodes, _adc
+from .analysis import StudyNodes, load_adc
 from .core.classes import class_key
 from .core.criteria import Options
 from .core.stats import roi_means, roi_statistics
@@ -263,8 +263,11 @@ def _rois_on_grid(scene, app, segmentation, ids: List[str], node, erosion_mm: fl
 # --- the analysis -------------------------------------------------------------------------
 
 
-def resolve_spine_options(spine: Optional[SpineOptions], criteria: dict) -> Dict[str, object]:
+def resolve_spine_options(spine: Optional[SpineOptions], options: Options) -> Dict[str, object]:
+    """The spine's settings; the normal-marrow top is the analysis's own (Options.marrow_max,
+    Koutoulidis 2017) unless the spine options give one."""
     spine = spine or SpineOptions()
+    criteria = options.criteria
     section = criteria["spine"]
 
     def pick(value, key):
@@ -273,7 +276,7 @@ def resolve_spine_options(spine: Optional[SpineOptions], criteria: dict) -> Dict
     resolved = {
         "scheme": spine.scheme,
         "erosion_mm": pick(spine.erosion_mm, "erosion_mm"),
-        "marrow_max": pick(spine.marrow_max, "marrow_max"),
+        "marrow_max": float(options.marrow_max if spine.marrow_max is None else spine.marrow_max),
         "outlier_robust_sd": pick(spine.outlier_robust_sd, "outlier_robust_sd"),
         "height_loss_below": pick(spine.height_loss_below, "height_loss_below"),
         "reproducibility_pct": float(criteria["followup"]["reproducibility_pct"]["value"]),
@@ -293,7 +296,7 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
     """One marrow reading per labelled vertebra (nodes in; `lesions` an optional segmentation
     of drawn ROIs, placed at their level)."""
     resolved = (options or Options()).resolved()
-    settings = resolve_spine_options(spine_options, resolved.criteria)
+    settings = resolve_spine_options(spine_options, resolved)
     warnings: List[str] = []
 
     def step(fraction, text):
@@ -326,7 +329,8 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
 
     step(0.15, "ADC")
     study = StudyNodes(segmentation=segmentation, adc=adc, dwi=list(dwi), bvalues=list(bvalues))
-    adc_node, adc_map, adc_source, adc_units = _adc(scene, study, resolved, warnings, lambda f, t: step(0.15 + 0.3 * f, t))[:4]
+    adc_node, adc_map, adc_source, adc_units = load_adc(scene, study, resolved, warnings,
+                                                        lambda f, t: step(0.15 + 0.3 * f, t))[:4]
 
     step(0.5, "marrow ROIs on the ADC grid")
     erosion = settings["erosion_mm"]
@@ -375,7 +379,8 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
     criteria = {
         "scheme": labels.scheme, "body": notes, **{k: v for k, v in settings.items() if k != "scheme"},
         "adc_cutoff": resolved.adc_cutoff, "indeterminate_band": resolved.indeterminate_band,
-        "sources": {key: resolved.criteria["spine"][key] for key in ("marrow_max", "erosion_mm", "outlier_robust_sd", "height_loss_below")},
+        "sources": {"marrow_max": resolved.criteria["adc_tiers"]["marrow_max"],
+                    **{key: resolved.criteria["spine"][key] for key in ("erosion_mm", "outlier_robust_sd", "height_loss_below")}},
     }
     return SpineResult(rows=rows, discs=disc_rows, lesions=lesion_rows, reference=reference, scheme=labels.scheme,
                        adc_node=adc_node, adc_map=adc_map, marrow_on_adc=marrow, adc_source=adc_source,

@@ -41,7 +41,7 @@ class ResponseRules:
             rac1_increase_pct=float(rules["rac1_increase_pct"]),
             rac2_from_max=float(rules["rac2_from_max"]), rac2_to_below=float(rules["rac2_to_below"]),
             rac2_increase_pct=float(rules["rac2_increase_pct"]), rac4_below=float(rules["rac4_below"]),
-            marrow_max=float(criteria["spine"]["marrow_max"]["value"] if marrow_max is None else marrow_max),
+            marrow_max=float(criteria["adc_tiers"]["marrow_max"]["value"] if marrow_max is None else marrow_max),
         )
 
 

@@ -58,7 +58,7 @@ def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Pa
         "baseline": os.path.relpath(baseline_dir, out), "followup": os.path.relpath(followup_dir, out),
         "rows": rows,
         "criteria": {"reproducibility_pct": follow["reproducibility_pct"], "metradsp": follow["metradsp"],
-                     "myrads": follow["myrads"], "marrow_max": criteria["spine"]["marrow_max"]},
+                     "myrads": follow["myrads"], "marrow_max": criteria["adc_tiers"]["marrow_max"]},
         "myrads": "same category as MET-RADS-P for every row: " + follow["myrads"]["where"],
         "references": {key: criteria["references"][key] for key in ("padhani2017", "messiou2019", "messiou2011", "koutoulidis2017")},
     }

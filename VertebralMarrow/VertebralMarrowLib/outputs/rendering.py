@@ -22,7 +22,7 @@ import slicer
 from vtk.util import numpy_support
 
 from ..core.classes import CLASSES, OUTSIDE, class_text
-from ..mrml import array_of, ijk_to_ras_of, segments_on_grid, volume_from_array
+from ..mrml import ijk_to_ras_of, segments_on_grid, volume_from_array
 from .nodes import CLASS_COLORS
 
 VIEW_PIXELS = 320          # each slice view is drawn at this size and pasted 1:1 into the PNG (0.375 mm per pixel)
@@ -279,18 +279,9 @@ def _backgrounds(study, result) -> List[Tuple[str, object, Optional[Tuple[float,
     """(label, volume, fixed window or None) of each snapshot set: anatomy, then ADC."""
     label, node = _anatomy_volume(study)
     sets = [(label, node, None)] if node is not None else []
-    scale = _adc_scale(result)
+    scale = result.adc_scale_to_1e3
     sets.append(("ADC", result.adc_node, (ADC_WINDOW[0] / scale, ADC_WINDOW[1] / scale)))
     return sets
-
-
-def _adc_scale(result) -> float:
-    """10^-3 mm^2/s per stored unit of the ADC node (the map is a linear rescale of it)."""
-    stored = array_of(result.adc_node)
-    index = int(np.nanargmax(np.abs(stored)))
-    value = float(stored.flat[index])
-    converted = float(result.adc_map.flat[index])
-    return converted / value if value and np.isfinite(converted) else 1.0
 
 
 # --- snapshot PNGs ------------------------------------------------------------------------

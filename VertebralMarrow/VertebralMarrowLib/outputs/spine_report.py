@@ -10,7 +10,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 
