@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import html
 import json
-import math
 import os
 from pathlib import Path
 from typing import List, Optional
@@ -15,6 +14,7 @@ from .. import DISCLAIMER
 from ..core.criteria import load_criteria
 from ..core.followup import FOLLOWUP_COLUMNS, Reading, ResponseRules, compare
 from ..errors import InputError
+from .cells import cell
 
 RESPONSE_COLOURS = {"RAC1": "#1a9641", "RAC2": "#a6d96a", "RAC3": "#888888", "RAC4": "#fdae61", "RAC5": "#d7191c"}
 
@@ -50,7 +50,7 @@ def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Pa
         writer = csv.writer(handle)
         writer.writerow(FOLLOWUP_COLUMNS)
         for row in rows:
-            writer.writerow([_cell(row[name]) for name in FOLLOWUP_COLUMNS])
+            writer.writerow([cell(row[name]) for name in FOLLOWUP_COLUMNS])
     follow = criteria["followup"]
     document = {
         "disclaimer": DISCLAIMER + " The categories read the ADC only; MET-RADS-P also weighs the high-b signal and the morphology.",
@@ -66,14 +66,6 @@ def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Pa
     picture = _plot(rows, out / "followup.png")
     _page(document, rows, out / "followup.html", picture, Path(baseline_dir), Path(followup_dir))
     return rows
-
-
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}".rstrip("0").rstrip(".")
-    return str(value)
 
 
 def _plot(rows: List[dict], path: Path):
@@ -110,7 +102,7 @@ def _plot(rows: List[dict], path: Path):
 def _page(document: dict, rows: List[dict], path: Path, picture, baseline: Path, followup: Path) -> Path:
     e = html.escape
     header = "".join(f"<th>{e(name)}</th>" for name in FOLLOWUP_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{e(_cell(row[name]))}</td>" for name in FOLLOWUP_COLUMNS) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{e(cell(row[name]))}</td>" for name in FOLLOWUP_COLUMNS) + "</tr>" for row in rows)
     snapshots = ""
     for label, folder in (("baseline", baseline), ("follow-up", followup)):
         for name in ("spine.png", "overview.png"):

@@ -17,19 +17,12 @@ import numpy as np
 from ..core.classes import BY_KEY
 from ..mrml import ijk_to_ras_of, segment_ids, segment_name, write_node
 from ..spine_analysis import SPINE_COLUMNS, SpineResult
+from .cells import cell
 
 SPINE_SCENE = "spine.mrml"
 SPINE_DATA = "spine-data"
 PLANE_STEP_MM = 1.0
 PLANE_MARGIN_MM = 25.0
-
-
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}".rstrip("0").rstrip(".")
-    return str(value)
 
 
 def _json_value(value):
@@ -68,7 +61,7 @@ def write_spine_outputs(result: SpineResult, out_dir) -> List[Path]:
         writer = csv.writer(handle)
         writer.writerow(SPINE_COLUMNS)
         for row in result.rows:
-            writer.writerow([_cell(row[name]) for name in SPINE_COLUMNS])
+            writer.writerow([cell(row[name]) for name in SPINE_COLUMNS])
     document = spine_document(result)
     (out / "spine.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
     written = [out / "spine.csv", out / "spine.json"]
@@ -162,7 +155,7 @@ def write_spine_page(document: dict, path: Path, picture) -> Path:
     e = html.escape
     header = "".join(f"<th>{e(name)}</th>" for name in document["columns"])
     body = "".join(
-        "<tr>" + "".join(f"<td>{e(_cell(row.get(name)))}</td>" for name in document["columns"]) + "</tr>"
+        "<tr>" + "".join(f"<td>{e(cell(row.get(name)))}</td>" for name in document["columns"]) + "</tr>"
         for row in document["rows"])
     lesions = "".join(f"<li>{e(item['segment'])}: {e(str(item['level']))} ({e(item['how'])})</li>" for item in document["lesions"])
     criteria = document["criteria"]

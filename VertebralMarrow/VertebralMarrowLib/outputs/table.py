@@ -15,6 +15,7 @@ import numpy as np
 from .. import __version__
 from ..analysis import AnalysisResult, AnalysisWarning
 from ..core.criteria import citation
+from .cells import cell
 
 # (column, unit, description): the outside contract of results.csv, in order.
 COLUMNS = (
@@ -51,21 +52,13 @@ COLUMN_LABELS = {
 }
 TEXT_COLUMNS = ("segment", "role", "adc_class", "t1_signal", "t2_signal", "fs_signal", "differential")
 
-def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e5 else f"{value:.6g}"
-    return str(value)
-
-
 def write_csv(result: AnalysisResult, path) -> Path:
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMN_NAMES)
         for row in result.rows:
-            writer.writerow([_cell(row[name]) for name in COLUMN_NAMES])
+            writer.writerow([cell(row[name]) for name in COLUMN_NAMES])
     return path
 
 
