@@ -299,7 +299,8 @@ class _ProgressBar:
 
 
 def _write_lesions(results: list, path: Path, has_truth: bool) -> None:
-    from .outputs.table import COLUMN_NAMES, _cell as table_cell
+    from .outputs.cells import cell as table_cell
+    from .outputs.table import COLUMN_NAMES
 
     columns = LESION_PREFIX + COLUMN_NAMES + (TRUTH_COLUMNS if has_truth else ())
     with path.open("w", newline="", encoding="utf-8") as handle:

@@ -88,6 +88,8 @@ def run_dicom_analysis(folder, seg, options: Optional[Options], out_dir, overrid
 
     from .inputs.dicom_study import choose_series, scan_dicom_folder, stage_study
     from .inputs.study import StudyFiles
+    from .inputs.validate import check_output_not_input
+    from .outputs.folder import staged_folder
 
     chosen, notes = choose_series(scan_dicom_folder(folder), overrides)
     with tempfile.TemporaryDirectory(prefix="vertebral-marrow-dicom-") as staging:
@@ -99,12 +101,17 @@ def run_dicom_analysis(folder, seg, options: Optional[Options], out_dir, overrid
             # The analysis then reports the units as given; say where they came from.
             options = dataclasses.replace(options, adc_units=adc_units)
             notes.append(f"ADC map units {adc_units} taken from its DICOM real-world value mapping")
-        result = run_analysis(study, options, out_dir, progress, single_file_report)
-    source = chosen["dwi"] if "dwi" in chosen else chosen["adc"]
-    written = _export_dicom(result, source.series.files, Path(out_dir) / "dicom", notes, fitted="dwi" in chosen)
-    record = {"folder": str(folder), "series": {role: choice.describe() for role, choice in chosen.items()},
-              "notes": notes, "dicom_outputs": written}
-    _add_to_results_json(out_dir, "dicom", record)
+        _check_files(study)
+        check_output_not_input([("--out", Path(out_dir))], [("--dicom", Path(folder)), *_input_paths(study, options)])
+        # The DICOM objects and the series record go into the same staged folder as the rest,
+        # so an interrupted run leaves the previous result or nothing.
+        with staged_folder(out_dir) as stage:
+            result = _analyze_into(study, options, stage, progress, single_file_report)
+            source = chosen["dwi"] if "dwi" in chosen else chosen["adc"]
+            written = _export_dicom(result, source.series.files, stage / "dicom", notes, fitted="dwi" in chosen)
+            record = {"folder": str(folder), "series": {role: choice.describe() for role, choice in chosen.items()},
+                      "notes": notes, "dicom_outputs": written}
+            _add_to_results_json(stage, "dicom", record)
     return result, record
 
 
