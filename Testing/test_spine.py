@@ -217,6 +217,21 @@ def test_spine_bad_input_is_one_error_line(phantom, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "C4" in err[0]
 
 
+def test_a_failed_spine_run_leaves_the_previous_result_whole(phantom, tmp_path, capsys):
+    """The spine folder is written whole or not at all: a run that fails part-way (here on
+    a reference level the labels lack, found only once the analysis runs) leaves the previous
+    result as it was and no half-written stage beside it."""
+    out, _ = _spine(phantom, tmp_path, "totalspineseg")
+    capsys.readouterr()
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    study, _, labels = phantom
+    code = main(["-q", "spine", "--labels", str(labels["totalspineseg"]), "--adc", str(study / "adc_scanner.nrrd"),
+                 "--reference-levels", "C4", "--out", str(out)])
+    assert code == 2 and capsys.readouterr().err.startswith("error: ")
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")] == []
+
+
 # --- other ways the labels come in ---------------------------------------------------------------
 
 NAMED = {"T12": 1, "L1": 2, "L2": 3, "L3": 4, "L4": 5, "L5": 6, "canal": 7, "cord": 8}

@@ -277,9 +277,11 @@ def _run(args) -> int:
     if args.command == "spine":
         return _spine(args, progress)
     if args.command == "followup":
+        from .outputs.folder import staged_folder
         from .outputs.followup_report import run_followup
 
-        rows = run_followup(args.baseline, args.followup, args.out, args.criteria)
+        with staged_folder(args.out) as stage:  # whole or not at all, as every result folder
+            rows = run_followup(args.baseline, args.followup, stage, args.criteria)
         for row in rows:
             print(f"{row['kind']:8s} {row['segment'][:24]:24s} {row['status']:8s} {row['response'] or '':5s} {row['rule'] or ''}")
         print(f"outputs in {args.out}: followup.csv, followup.json, followup.png, followup.html")
@@ -349,27 +351,34 @@ def _analyze(args, progress):
 
 
 def _spine(args, progress) -> int:
+    from .outputs.folder import staged_folder
+
+    with staged_folder(args.out) as stage:  # whole or not at all, as every result folder
+        result = _run_spine_into(args, stage, progress)
+    print(f"labels: {result.scheme}; ADC: {result.adc_source}; units {result.adc_units}")
+    for row in result.rows:
+        adc = f"{row['adc_mean']:.3f}" if row["adc_mean"] is not None else "n/a"
+        print(f"{row['level']:4s} {adc:>6s} {row['tier']:13s} {row['flags']}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"outputs in {args.out}: spine.csv, spine.json, spine.png, spine.html")
+    print(DISCLAIMER)
+    return 0
+
+
+def _run_spine_into(args, out, progress):
     from .core.criteria import Options
     from .inputs.study import parse_bvalues
     from .spine_analysis import SpineOptions, run_spine
 
-    result = run_spine(
-        args.labels, args.out, adc=args.adc, dwi=args.dwi or (), bvalues=parse_bvalues(args.bvalues) if args.bvalues else (),
+    return run_spine(
+        args.labels, out, adc=args.adc, dwi=args.dwi or (), bvalues=parse_bvalues(args.bvalues) if args.bvalues else (),
         dwi_dicom=args.dwi_dicom, dicom=args.dicom, t1=args.t1, fs=args.fs, lesions=args.seg, label_names=args.label_names,
         options=Options(criteria_path=args.criteria, **{name: getattr(args, name) for name in (
             "adc_cutoff", "indeterminate_band", "adc_units", "min_voxels", "fit_method", "bmin", "bmax")}),
         spine_options=SpineOptions(scheme=args.scheme, erosion_mm=args.erosion_mm, marrow_max=args.marrow_max,
                                    reference_levels=tuple(args.reference_levels)),
         progress=progress)
-    print(f"labels: {result.scheme}; ADC: {result.adc_source}; units {result.adc_units}")
-    for row in result.rows:
-        adc = f"{row['adc_mean']:.3f}" if row["adc_mean"] is not None else "n/a"
-        print(f"{row['level']:4s} {adc:>6s} {row['tier']:13s} {row['flags']}")
-    for warning in result.warnings:
-        print(f"warning: {warning}")
-    print(f"outputs in {args.out}: spine.csv, spine.json, spine.png, spine.html")
-    print(DISCLAIMER)
-    return 0
 
 
 def _analyze_dicom(args, options, progress):

@@ -73,7 +73,8 @@ def staged_folder(out_dir) -> Iterator[Path]:
 
 
 def _is_result_folder(folder: Path) -> bool:
-    return (folder / "results.json").is_file() or (folder / SCENE_FILE).is_file()
+    """A folder a run of analyze, demo, spine or followup wrote (and may write again)."""
+    return any((folder / name).is_file() for name in ("results.json", SCENE_FILE, "spine.json", "followup.json"))
 
 
 def _acquire_lock(out: Path) -> Path:
