@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_adc import best_of  # the same timing for every bench (this folder is on sys.path)
 
 SOURCES = Path(__file__).resolve().parents[1] / "VertebralMarrow"
 
@@ -79,17 +79,7 @@ def main(argv=None):
             run = command + ["analyze", "--seg", str(labels), "--label-names", str(labels.with_suffix(".ctbl")),
                              "--adc", str(files["adc"]), "--t1", str(files["t1"]), "--t2", str(files["t2"]),
                              "--fs", str(files["fs"]), "--ct", str(files["ct"]), "--out", str(scratch / f"out_{count}")]
-            times, cpus = [], []
-            for _ in range(args.repeat):
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                start = time.perf_counter()
-                done = subprocess.run(run, capture_output=True, text=True, env=env)
-                times.append(time.perf_counter() - start)
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-                if done.returncode != 0:
-                    raise SystemExit(done.stderr)
-            seconds[count], cpu[count] = min(times), min(cpus)
+            seconds[count], cpu[count] = best_of(args.repeat, run, env)
             print(f"{count:5d} {seconds[count]:8.2f} {cpu[count]:8.2f}")
         if len(args.rois) >= 2:
             low, high = min(args.rois), max(args.rois)
