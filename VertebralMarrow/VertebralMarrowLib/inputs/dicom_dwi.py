@@ -737,11 +737,12 @@ def _derived_types(image_type) -> list:
 
 
 def _upper_values(value) -> list:
+    """A DICOM code string's values in upper case, a multi-value or a backslash-joined string alike."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value.upper()]
-    return [str(v).upper() for v in value]
+        return [part.strip().upper() for part in value.split("\\") if part.strip()]
+    return [str(part).strip().upper() for part in value if str(part).strip()]
 
 
 def _group_item(frame, shared, keyword: str):

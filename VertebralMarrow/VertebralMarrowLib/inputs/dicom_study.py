@@ -27,7 +27,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import InputError
-from .dicom_dwi import _bvalue
+from .dicom_dwi import _bvalue, _number, _upper_values
 
 ROLES = ("t1", "t2", "fs", "dwi", "adc", "ct")
 ROLE_LABELS = {"t1": "T1", "t2": "T2", "fs": "STIR/fat-suppressed T2", "dwi": "DWI", "adc": "scanner ADC map",
@@ -360,21 +360,6 @@ def _file_bvalues(ds) -> set:
 
 def _backslashed(values: List[str]) -> str:
     return "\\".join(values)
-
-
-def _upper_values(value) -> List[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [part.strip().upper() for part in value.split("\\") if part.strip()]
-    return [str(part).strip().upper() for part in value if str(part).strip()]
-
-
-def _number(value) -> Optional[float]:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _number_key(number: str):
