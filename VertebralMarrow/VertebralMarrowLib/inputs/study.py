@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from ..core.sequences import SEQUENCES
 from ..errors import InputError
-from .validate import check_bvalues, check_dwi_paths, check_image, check_roles, check_signal
+from .validate import check_bvalues, check_dwi_paths, check_image, check_roles_and_spread, check_signal
 from .dwi_files import read_dwi_files
 
 if TYPE_CHECKING:
@@ -47,10 +47,7 @@ class StudyFiles:
         self.dwi = tuple(_paths(self.dwi, "dwi"))
         self.bvalues = tuple(parse_bvalues(self.bvalues) if isinstance(self.bvalues, str)
                              else check_bvalues(_sequence(self.bvalues, "bvalues"), "StudyFiles.bvalues"))
-        for name in ("roles", "spread"):
-            if not isinstance(getattr(self, name), dict):
-                raise InputError(f"StudyFiles.{name} must be a dict keyed by segment name, got {getattr(self, name)!r}")
-        check_roles(self.roles, "StudyFiles.roles")
+        check_roles_and_spread(self, "StudyFiles")
 
 
 def _sequence(value, name: str) -> list:

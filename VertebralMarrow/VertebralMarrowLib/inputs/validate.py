@@ -318,10 +318,15 @@ def check_study_nodes(study) -> None:
         raise InputError(f"StudyNodes.bvalues must be a list of numbers (s/mm^2), got {study.bvalues!r}")
     if dwi:
         check_bvalues(list(study.bvalues), "StudyNodes.bvalues")
+    check_roles_and_spread(study, "StudyNodes")
+
+
+def check_roles_and_spread(study, where: str) -> None:
+    """`roles` and `spread` of a StudyFiles or StudyNodes: dicts keyed by segment name, known roles."""
     for name in ("roles", "spread"):
         if not isinstance(getattr(study, name), dict):
-            raise InputError(f"StudyNodes.{name} must be a dict keyed by segment name, got {getattr(study, name)!r}")
-    check_roles(study.roles, "StudyNodes.roles")
+            raise InputError(f"{where}.{name} must be a dict keyed by segment name, got {getattr(study, name)!r}")
+    check_roles(study.roles, f"{where}.roles")
 
 
 def _check_volume_node(node, where: str) -> None:
