@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from typing import Annotated, Callable, List, Optional
 
 import qt
@@ -36,8 +37,9 @@ from slicer.util import VTKObservationMixin
 from VertebralMarrowLib import DISCLAIMER, __version__
 from VertebralMarrowLib import analysis
 from VertebralMarrowLib.core.criteria import SETTING
+from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.outputs import folder as output_folder
-from VertebralMarrowLib.slicer_panel import panel, series
+from VertebralMarrowLib.slicer_panel import dicom_out, panel, series
 from VertebralMarrowLib.mrml import HeadlessApp
 
 try:
@@ -234,6 +236,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Buttons and the widgets not bound to the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
         self.ui.criteriaFileBrowseButton.connect("clicked(bool)", self.onBrowseCriteriaFile)
         self.ui.dwiVolumesSelector.connect("checkedNodesChanged()", self.onDwiVolumesChanged)
         self.ui.lesionComboBox.connect("currentIndexChanged(int)", self.onLesionChanged)
@@ -309,7 +312,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         chosen = {name: getattr(parameters, name) for name in
                   ("adcVolume", "dwiSequence", "dwiVolumes", "t1Volume", "t2Volume", "fsVolume", "ctVolume")}
-        proposals = series.preselection(slicer.mrmlScene, chosen)
+        proposals = series.preselection(slicer.mrmlScene, chosen, getattr(slicer, "dicomDatabase", None))
         if proposals:
             with slicer.util.NodeModify(parameters.parameterNode):
                 for name, node in proposals.items():
@@ -491,6 +494,11 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.differentialBrowser.setHtml(panel.differential_html(document, combo.currentText or None))
             self._shownDifferential = shown
         self.ui.exportButton.enabled = self.logic.lastResult is not None
+        blocker = self.logic.dicomExportBlocker()
+        self.ui.exportDicomButton.enabled = not blocker
+        self.ui.exportDicomButton.toolTip = _(blocker) if blocker else _(
+            "Write the last analysis as DICOM SEG (the ROIs), SR (the measurements, TID 1500) and parametric "
+            "map (the ADC) on the series the ADC came from, and add them to Slicer's DICOM database")
 
     def _showUnitsInHeaders(self, table) -> None:
         """Units in the results' column headers (the view shows bare names; it rebuilds its
@@ -575,6 +583,13 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if os.path.isfile(report):
                 qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report))
 
+    def onExportDicomButton(self) -> None:
+        """Write the last analysis as DICOM SEG, SR and parametric map into Slicer's DICOM database."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to export DICOM."), waitCursor=True):
+            written = self.logic.exportDicom()
+            slicer.util.showStatusMessage(_("DICOM SEG, SR and parametric map added to the DICOM database:")
+                                          + " " + ", ".join(str(path) for path in written.values()), 5000)
+
 
 #
 # VertebralMarrowLogic
@@ -597,6 +612,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         for row in result.lesion_rows:
             print(row["segment"], row["adc_mean"], row["adc_class"], row["differential"])
         logic.exportReport("/tmp/vertebral-marrow-report")
+        logic.exportDicom()  # inputs loaded from DICOM: SEG, SR and parametric map into the DICOM database
     """
 
     def __init__(self) -> None:
@@ -699,6 +715,27 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         app, study, result = panel.export_copy(self.lastStudy, self.lastResult)
         try:
             return output_folder.write_output_folder(app, study, result, folder, progress=progress)
+        finally:
+            app.scene.Clear(1)
+
+    def dicomExportBlocker(self, database=None) -> str:
+        """Why exportDicom cannot run on the last analysis, or ""."""
+        database = database if database is not None else getattr(slicer, "dicomDatabase", None)
+        return dicom_out.export_blocker(self.lastStudy, self.lastResult, database)
+
+    def exportDicom(self, folder=None, database=None) -> dict:
+        """Write the last analysis as DICOM SEG, SR (TID 1500) and parametric map (the ADC)
+        into `folder` (default: a new folder in Slicer's temporary folder) on the series the ADC
+        came from, and add them to `database` (default: Slicer's DICOM database); from a private
+        copy, so the user's scene is left as it was. Returns {"seg"|"sr"|"adc_pm": path}."""
+        database = database if database is not None else getattr(slicer, "dicomDatabase", None)
+        blocker = self.dicomExportBlocker(database)
+        if blocker:
+            raise InputError(blocker)
+        folder = folder or tempfile.mkdtemp(prefix="VertebralMarrowDICOM-", dir=slicer.app.temporaryPath)
+        app, study, result = panel.export_copy(self.lastStudy, self.lastResult)
+        try:
+            return dicom_out.export_dicom(study, result, folder, database)
         finally:
             app.scene.Clear(1)
 
