@@ -1,6 +1,6 @@
 """What the Slicer application gives a scripted module at run time, on slicer-core's MRML.
 
-- `slicer.app` (qSlicerApplication): the MRML scene, the application logic with the
+- `slicer.app` (qSlicerApplication): a temporary folder of its own (`temporaryPath`), the MRML scene, the application logic with the
   segmentations logic registered, the module manager, a layout manager with the Red, Yellow and
   Green slice views (their slice and slice-composite nodes in the scene, as Slicer's layout
   manager makes them), translations (`translate(context, text)`), testing mode on (so
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -128,6 +129,7 @@ class Application:
 
     def __init__(self, scene, app_logic, segmentations_logic, translations=None):
         self._scene, self._app_logic = scene, app_logic
+        self.temporaryPath = tempfile.mkdtemp(prefix="vm-rig-slicer-temp-")
         self.modules = {}
         self._module_manager = qSlicerModuleManager(self.modules)
         self._layout = LayoutManager(scene, app_logic)
