@@ -352,3 +352,24 @@ def test_preselection_takes_the_scanner_map_without_dwi_and_names_without_header
     assert by_names == series.preselection(rig.scene, {}, None)
     assert by_names["t1Volume"] is nodes["t2Volume"] and by_names["adcVolume"] is nodes["fsVolume"]
     assert by_names["fsVolume"] is nodes["adcVolume"]
+
+
+def test_the_adc_map_guard_reads_the_dicom_header_before_the_name(shown, phantom_dicom, tmp_path):
+    """The scanner map preselected by its header is not refused for its misleading name; a T1
+    series named like an ADC map is refused by its header."""
+    rig, module, widget = shown
+    study, truth, dicom = phantom_dicom
+    from VertebralMarrowLib.mrml import load_segmentation
+
+    nodes = load_study(rig, dicom, tmp_path / "volumes", names=dict(MISLEADING, t1Volume="5: ADC"))
+    load_segmentation(rig.scene, widget.logic.application(), study / truth["files"]["seg"])
+    widget.initializeParameterNode()
+    params = widget.logic.getParameterNode()
+    assert params.adcVolume is nodes["adcVolume"] and params.adcVolume.GetName() == "4: STIR SAG"
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
+    params.adcVolume = nodes["t1Volume"]
+    assert not widget.ui.applyButton.enabled
+    assert widget.ui.applyButton.toolTip == ("'5: ADC' is a T1 series by its DICOM header, not an ADC map: choose the "
+                                             "scanner's ADC series (ImageType ADC), or DWI to fit one.")
+    with pytest.raises(InputError, match="T1 series by its DICOM header"):
+        widget.logic.process(params)

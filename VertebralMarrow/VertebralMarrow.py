@@ -96,6 +96,11 @@ def _default(name: str):
     return SETTING[name].default_value()
 
 
+def _dicomDatabase():
+    """Slicer's DICOM database (None where the DICOM module is not loaded)."""
+    return getattr(slicer, "dicomDatabase", None)
+
+
 def _within(name: str) -> WithinRange:
     return WithinRange(SETTING[name].low, SETTING[name].high)
 
@@ -312,7 +317,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         chosen = {name: getattr(parameters, name) for name in
                   ("adcVolume", "dwiSequence", "dwiVolumes", "t1Volume", "t2Volume", "fsVolume", "ctVolume")}
-        proposals = series.preselection(slicer.mrmlScene, chosen, getattr(slicer, "dicomDatabase", None))
+        proposals = series.preselection(slicer.mrmlScene, chosen, _dicomDatabase())
         if proposals:
             with slicer.util.NodeModify(parameters.parameterNode):
                 for name, node in proposals.items():
@@ -342,7 +347,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._applying:
             return
-        blocker = _(panel.apply_blocker(self._parameterNode)) if self._parameterNode else _("No parameter node.")
+        blocker = _(panel.apply_blocker(self._parameterNode, _dicomDatabase())) if self._parameterNode else _("No parameter node.")
         if not blocker:
             self.ui.applyButton.toolTip = _("Measure every ROI, classify the lesions and rank their differential")
             self.ui.applyButton.enabled = True
@@ -665,7 +670,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         segments by class when asked, and show the overlay in the slice views."""
         if parameterNode is None:
             raise ValueError("no parameter node")
-        study = panel.study_from_parameters(parameterNode)
+        study = panel.study_from_parameters(parameterNode, _dicomDatabase())
         options = panel.options_from_parameters(parameterNode)
         result = self.analyze(study, options, progress=progress, cancelled=cancelled)
         published = panel.publish(slicer.mrmlScene, result, table=parameterNode.resultsTable,
@@ -720,7 +725,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
 
     def dicomExportBlocker(self, database=None) -> str:
         """Why exportDicom cannot run on the last analysis, or ""."""
-        database = database if database is not None else getattr(slicer, "dicomDatabase", None)
+        database = database if database is not None else _dicomDatabase()
         return dicom_out.export_blocker(self.lastStudy, self.lastResult, database)
 
     def exportDicom(self, folder=None, database=None) -> dict:
@@ -728,7 +733,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         into `folder` (default: a new folder in Slicer's temporary folder) on the series the ADC
         came from, and add them to `database` (default: Slicer's DICOM database); from a private
         copy, so the user's scene is left as it was. Returns {"seg"|"sr"|"adc_pm": path}."""
-        database = database if database is not None else getattr(slicer, "dicomDatabase", None)
+        database = database if database is not None else _dicomDatabase()
         blocker = self.dicomExportBlocker(database)
         if blocker:
             raise InputError(blocker)

@@ -49,8 +49,9 @@ def _limit(value) -> Optional[float]:
     return None if value is None or float(value) <= 0 else float(value)
 
 
-def study_from_parameters(params) -> StudyNodes:
-    """The study's nodes from the panel's selections; segment roles come from the segment tags."""
+def study_from_parameters(params, dicom_database=None) -> StudyNodes:
+    """The study's nodes from the panel's selections; segment roles come from the segment tags.
+    dicom_database: Slicer's, to check the ADC map by its DICOM header (series.adc_map_problem)."""
     if params.segmentation is None:
         raise InputError("select the segmentation that holds the lesion and normal-marrow ROIs")
     dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
@@ -58,7 +59,7 @@ def study_from_parameters(params) -> StudyNodes:
         raise InputError("select either an ADC map or DWI (sequence or volumes), not both")
     if params.adcVolume is None and not dwi_given:
         raise InputError("select an ADC map, or DWI (a multi-b sequence or one volume per b-value) to fit one")
-    problem = adc_map_problem(params.adcVolume)
+    problem = adc_map_problem(params.adcVolume, dicom_database)
     if problem:
         raise InputError(problem)
     dwi, bvalues = ([], [])
@@ -80,7 +81,7 @@ def present(nodes) -> list:
     return [node for node in (nodes or ()) if node is not None]
 
 
-def apply_blocker(params) -> str:
+def apply_blocker(params, dicom_database=None) -> str:
     """Why Apply cannot run yet (a sentence for the button's tooltip), or "" when it can.
     b-values are not checked here: the DWI summary line says what is wrong with them."""
     if params is None:
@@ -94,7 +95,7 @@ def apply_blocker(params) -> str:
         return "Select either an ADC map or DWI, not both."
     if params.dwiSequence is not None and present(params.dwiVolumes):
         return "Select either a DWI sequence or DWI volumes, not both."
-    problem = adc_map_problem(params.adcVolume)
+    problem = adc_map_problem(params.adcVolume, dicom_database)
     if problem:
         return problem[0].upper() + problem[1:] + "."
     return ""

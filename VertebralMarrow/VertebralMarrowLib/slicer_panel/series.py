@@ -18,6 +18,7 @@ from ..core.adc import decide_adc_units
 from ..errors import InputError
 from ..mrml import array_of
 from ..outputs.nodes import ADC_MAP_ATTRIBUTE
+from .dicom_out import recognised_roles
 
 # Contrast by series description / node name, most specific first: an ADC series name often
 # also holds "diff" or the b-values of the DWI it came from.
@@ -53,8 +54,6 @@ def preselection(scene, chosen: Dict[str, object], database=None) -> Dict[str, o
     is not proposed beside chosen DWI, nor a DWI sequence beside a chosen ADC map; between a
     proposed map and a DWI sequence, the DWI is fitted when both are recognised from DICOM (as
     the command line does), else the map is taken."""
-    from .dicom_out import recognised_roles
-
     volumes = [node for node in _nodes(scene, "vtkMRMLScalarVolumeNode") if not (
         node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetHideFromEditors() or node.GetAttribute(ADC_MAP_ATTRIBUTE))]
     sequences = _nodes(scene, "vtkMRMLSequenceNode")
@@ -97,31 +96,37 @@ def _nodes(scene, class_name: str) -> list:
 _CHECKED: Dict[tuple, str] = {}
 
 
-def adc_map_problem(node) -> str:
+def adc_map_problem(node, database=None) -> str:
     """adc_map_problem_now, once per node and modification (the panel asks on every change)."""
     if node is None:
         return ""
     image = node.GetImageData()
-    key = (node.GetID() or str(id(node)), node.GetMTime(), image.GetMTime() if image is not None else 0)
+    key = (node.GetID() or str(id(node)), node.GetMTime(), image.GetMTime() if image is not None else 0, id(database))
     if key not in _CHECKED:
         if len(_CHECKED) > 16:
             _CHECKED.clear()
-        _CHECKED[key] = adc_map_problem_now(node)
+        _CHECKED[key] = adc_map_problem_now(node, database)
     return _CHECKED[key]
 
 
-def adc_map_problem_now(node) -> str:
+def adc_map_problem_now(node, database=None) -> str:
     """Why `node` cannot be the ADC map (a sentence naming the likely cause), or "".
 
-    Refused: a volume named as another series and not as an ADC map; values no ADC
+    Refused: a volume whose DICOM header (through the DICOM `database`) says it is another
+    series; without a header that says, a volume named as another series and not as an ADC
+    map; values no ADC
     convention makes sense of (core.adc.decide_adc_units' refusals); in the 10^-6 mm^2/s
     convention, a map whose bulk lies beyond twice free water's ADC (3.0 x 10^-3 mm^2/s at
     body temperature): an anatomical series' intensities, not diffusivities."""
     if node is None:
         return ""
     name = node.GetName() or ""
+    role = recognised_roles([node], database).get(node.GetID())
+    if role is not None and role != "adc":
+        return (f"'{name}' is {KIND_TEXT[role]} by its DICOM header, not an ADC map: choose the scanner's ADC series "
+                f"(ImageType ADC), or DWI to fit one")
     kind = series_kind(name)
-    if kind is not None and kind != "adc":
+    if role is None and kind is not None and kind != "adc":
         return (f"'{name}' looks like {KIND_TEXT[kind]} by its name, not an ADC map: choose the scanner's ADC series "
                 f"(named ADC or Apparent Diffusion Coefficient), or DWI to fit one")
     image = node.GetImageData()
