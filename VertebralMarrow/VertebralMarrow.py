@@ -78,7 +78,8 @@ class VertebralMarrow(ScriptedLoadableModule):
             "ranked differential with the reasons for each entity.<br/><br/>"
             "Draw lesion and normal-marrow ROIs as segments, give each segment its role, choose the volumes "
             "and press Apply. Export writes a report folder (CSV, JSON, overlay, snapshots, HTML report and "
-            "a scene).<br/><br/>"
+            "a scene); Export DICOM, when the ADC map or DWI came from the DICOM module, adds DICOM SEG, SR and "
+            "parametric map to Slicer's DICOM database.<br/><br/>"
         ) + "<b>" + _(DISCLAIMER) + "</b><br/>" + _("Version") + f" {__version__}."
         self.parent.acknowledgementText = _(
             "The thresholds and entity values come from the published sources below; numbers marked "

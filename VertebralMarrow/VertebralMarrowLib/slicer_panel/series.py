@@ -114,10 +114,9 @@ def adc_map_problem_now(node, database=None) -> str:
 
     Refused: a volume whose DICOM header (through the DICOM `database`) says it is another
     series; without a header that says, a volume named as another series and not as an ADC
-    map; values no ADC
-    convention makes sense of (core.adc.decide_adc_units' refusals); in the 10^-6 mm^2/s
-    convention, a map whose bulk lies beyond twice free water's ADC (3.0 x 10^-3 mm^2/s at
-    body temperature): an anatomical series' intensities, not diffusivities."""
+    map; values no ADC convention makes sense of (core.adc.decide_adc_units' refusals); in the
+    10^-6 mm^2/s convention, a map whose bulk lies beyond twice free water's ADC (3.0 x 10^-3
+    mm^2/s at body temperature): an anatomical series' intensities, not diffusivities."""
     if node is None:
         return ""
     name = node.GetName() or ""
