@@ -2,8 +2,8 @@
 
 The slice logic blends the background volume and the colour-coded overlay on the CPU without
 OpenGL, so each view holds the pixels Slicer's slice view would show; the ROI outlines and a
-scale bar are painted over them with numpy, and the views are written once as PNG by VTK's
-own writer: milliseconds per lesion, no plotting library (the text goes into the report).
+scale bar are painted over them with numpy, and the views are written once as PNG (write_png:
+zlib, no filter): milliseconds per lesion, no plotting library (the text goes into the report).
 """
 
 from __future__ import annotations
