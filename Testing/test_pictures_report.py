@@ -353,6 +353,19 @@ def test_outlines_trace_each_roi_in_view(live):
     assert {"lesion", "reference"} <= seen_roles, "the views should show a lesion and the reference"
 
 
+def test_png_writer_round_trips_every_pixel(tmp_path):
+    """rendering.write_png (Up-filtered rows, modulo-256 differences) read back by Pillow's
+    independent decoder: noise, flat areas and wrap-around steps, pixel for pixel."""
+    from VertebralMarrowLib.outputs.rendering import write_png
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image[10:20] = 255
+    image[20:22] = 0  # 255 -> 0: a difference that wraps
+    path = write_png(tmp_path / "x.png", image)
+    np.testing.assert_array_equal(_rgb(path), image)
+
+
 def test_without_matplotlib_snapshots_are_still_written(live, tmp_path, monkeypatch):
     """A bare Slicer has no matplotlib: the views are written by VTK alone and plots skipped."""
     from VertebralMarrowLib.outputs import figures

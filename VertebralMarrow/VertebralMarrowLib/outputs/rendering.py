@@ -396,11 +396,15 @@ def write_views_png(views: List[View], path: Path, result) -> Path:
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:
-    """An RGB (rows from the top, columns, 3) uint8 image as PNG: no row filter and zlib's
-    fastest level, about 9 ms for a snapshot where vtkPNGWriter's adaptive filters take 21."""
+    """An RGB (rows from the top, columns, 3) uint8 image as PNG: every row "Up"-filtered (the
+    difference from the row above, PNG filter type 2) and zlib's fastest level, about 8 ms for
+    a snapshot where vtkPNGWriter's adaptive filters take 21; a quarter smaller than unfiltered."""
     height, width, _ = rgb.shape
-    rows = np.zeros((height, 1 + 3 * width), np.uint8)  # each row led by filter type 0 (none)
-    rows[:, 1:] = rgb.reshape(height, -1)
+    flat = rgb.reshape(height, -1)
+    rows = np.empty((height, 1 + 3 * width), np.uint8)
+    rows[:, 0] = 2
+    rows[0, 1:] = flat[0]
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # uint8: modulo 256, as PNG defines it
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
