@@ -305,7 +305,7 @@ def test_ui_object_names_are_unique_and_the_widgets_load(loaded_ui):
 def test_ui_sections_and_scene_connections(loaded_ui):
     widget, _, _ = loaded_ui
     sections = [(name, property_value(element, "text")) for cls, name, element in ui_widgets() if cls == "ctkCollapsibleButton"]
-    assert [text for _, text in sections] == ["Inputs", "Segment roles", "Parameters", "Results"]
+    assert [text for _, text in sections] == ["Inputs", "Segment roles", "Parameters", "Results", "Whole spine", "Follow-up"]
     connections = {(c.find("sender").text, c.find("signal").text, c.find("receiver").text, c.find("slot").text)
                    for c in ui_tree().iter("connection")}
     needs_scene = [name for cls, name, _ in ui_widgets() if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qMRMLTableView")]
@@ -358,7 +358,7 @@ def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):
     widget, _, _ = loaded_ui
     receivers = widget.receivers(QtCore.SIGNAL("mrmlSceneChanged(vtkMRMLScene*)"))
     needs_scene = [name for cls, name, _ in ui_widgets() if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qMRMLTableView")]
-    assert receivers == len(needs_scene) == 16
+    assert receivers == len(needs_scene) == 23  # 16 + the whole spine (4) and the follow-up (3)
 
 
 # =============================================================================================
@@ -567,6 +567,14 @@ def _literal_or_setting(node):
         return SETTING[ast.literal_eval(node.args[0])].default_value()
     if isinstance(node, ast.Call) and dotted(node.func) == "list" and isinstance(node.args[0], ast.Attribute):
         return list(SETTING[ast.literal_eval(node.args[0].value.slice)].choices)
+    if isinstance(node, ast.Call) and dotted(node.func) == "_spineDefault":  # criteria.json's spine section
+        from VertebralMarrowLib.slicer_panel.spine import spine_default
+
+        return spine_default(ast.literal_eval(node.args[0]))
+    if isinstance(node, ast.Call) and dotted(node.func) == "list" and dotted(node.args[0]) == "SCHEME_CHOICES":
+        from VertebralMarrowLib.spine_analysis import SCHEME_CHOICES
+
+        return list(SCHEME_CHOICES)
     return ast.literal_eval(node)
 
 
@@ -710,7 +718,7 @@ def test_parameter_annotations_evaluate_under_python_39():
         "    def __init__(self, *a, **k): pass\n"
         "import collections\n"
         "namespace = {'Annotated': Annotated, 'List': List, 'Optional': Optional, 'Union': Union,\n"
-        "             'WithinRange': Stub, 'Choice': Stub, '_within': Stub,\n"
+        "             'WithinRange': Stub, 'Choice': Stub, '_within': Stub, 'SCHEME_CHOICES': (),\n"
         "             'SETTING': collections.defaultdict(lambda: type('Setting', (), {'choices': ()})())}\n"
         "for n in ast.walk(cls):\n"
         "    if isinstance(n, ast.Name) and n.id.startswith('vtkMRML'):\n"
@@ -958,6 +966,11 @@ def test_clinical_defaults_equal_the_criteria_file():
         assert fields[parameter].default == value, f"{parameter}: {fields[parameter].default} != criteria.json {value}"
         assert property_value(bound[parameter][2], "value") == value, parameter
     assert fields["criteriaFile"].default == ""
+    # The whole spine's settings: criteria.json's spine section, where the spine command takes them from.
+    for parameter, key in (("spineErosionMm", "erosion_mm"), ("spineOutlierRobustSd", "outlier_robust_sd"),
+                           ("spineHeightLossBelow", "height_loss_below")):
+        assert fields[parameter].default == criteria["spine"][key]["value"], parameter
+        assert property_value(bound[parameter][2], "value") == criteria["spine"][key]["value"], parameter
     resolved = Options().resolved()
     options = panel.options_from_parameters(parameters())
     for name in ("adc_cutoff", "indeterminate_band", "signal_low_below", "signal_high_above", "min_voxels",

@@ -126,6 +126,8 @@ class LayoutManager:
 class Application:
     """slicer.app for the rig."""
 
+    applicationName = "Slicer"  # QCoreApplication::applicationName, in the titles of Slicer's message boxes
+
     def __init__(self, scene, app_logic, segmentations_logic, translations=None):
         self._scene, self._app_logic = scene, app_logic
         self.modules = {}
