@@ -348,3 +348,35 @@ def test_the_current_result_is_no_baseline(studies, rig, widget):
     widget.ui.followupBaselineSelector.setCurrentNode(params.spineTable)
     widget.ui.compareButton.click()
     assert "is the current result" in widget.ui.followupSummaryLabel.text
+
+
+def test_labels_as_a_named_segmentation_are_read_once(studies, rig, widget, monkeypatch):
+    """A segmentation named as Slicer's TotalSegmentator extension names its segments is read by
+    its names; the panel reads the labels again only when they or the scheme change, not on
+    every change of the panel."""
+    import slicer
+    from VertebralMarrowLib.mrml import segmentation_from_labelmap
+    from VertebralMarrowLib.phantom_spine import TOTALSPINESEG
+    from VertebralMarrowLib.slicer_panel import spine as spine_panel
+
+    nodes = load_study(rig, studies["baseline"], studies["labels"]["totalspineseg"])
+    labelmap = nodes["labels"]
+    names = {value: (f"{key} vertebra" if key[0] in "TL" and "-" not in key else
+                     f"{key.replace('-', '/')} intervertebral disc" if "-" in key else f"spinal {key}")
+             for key, value in TOTALSPINESEG.items()}
+    app = slicer.modules.VertebralMarrowWidget.logic.application()
+    segmentation = segmentation_from_labelmap(rig.scene, app, labelmap, names, "TotalSegmentator")
+    nodes["labels"] = segmentation
+    reads = []
+    real = spine_panel.labels_from_parameters
+    monkeypatch.setattr(spine_panel, "labels_from_parameters", lambda *a: reads.append(1) or real(*a))
+    choose(widget, nodes)
+    text = widget.ui.spineLabelsSummaryLabel.text
+    assert text.startswith("Labels: labels named by level (from the names): 6 vertebrae T12\u2013L5; 5 discs"), text
+    for step in range(5):
+        widget.ui.overlayOpacitySliderWidget.value = 0.1 * step
+    assert len(reads) == 1
+    widget.ui.analyseSpineButton.click()
+    rows = {row["level"]: row for row in table_rows(widget.logic.getParameterNode().spineTable)}
+    for level, adc in studies["expected"].items():
+        assert float(rows[level]["adc_mean"]) == pytest.approx(adc, rel=TOLERANCE), level

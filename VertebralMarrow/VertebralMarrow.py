@@ -309,6 +309,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Parameter node will be reset, do not use it anymore
         self.setParameterNode(None)
         self.logic.forgetResult()
+        self._spineMessage = self._followupMessage = None
         self._observeSegmentation(None)  # nor keep the closed scene's segmentation alive
 
     def onSceneEndClose(self, caller, event) -> None:
