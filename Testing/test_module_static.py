@@ -1654,3 +1654,41 @@ def test_the_panel_passes_every_setting_to_the_analysis():
     options = panel.options_from_parameters(parameters(**chosen)).resolved()
     assert (options.marrow_max, options.bone_island_min_hu, options.fat_t1_ratio_min, options.fat_fraction_min_percent,
             options.chemical_shift_drop_below) == tuple(chosen.values())
+
+
+def test_spine_panel_reference_levels_and_summary_lines():
+    """The whole spine's typed reference levels and its summary line, read as a radiologist
+    would write and read them."""
+    from VertebralMarrowLib.slicer_panel import spine as spine_panel
+
+    assert spine_panel.reference_levels("L3, l4 T12") == ("L3", "L4", "T12")
+    assert spine_panel.reference_levels("  ") == ()
+    with pytest.raises(InputError, match="'L9' is no vertebra level"):
+        spine_panel.reference_levels("L3, L9")
+
+    def result(flags, adc=0.45, lesions=()):
+        rows = [{"level": level, "flags": flag, "adc_mean": adc} for level, flag in flags.items()]
+        return SimpleNamespace(rows=rows, criteria={"marrow_max": 0.55}, lesions=list(lesions))
+
+    quiet = result({"L1": "", "L2": "", "L3": ""})
+    assert spine_panel.spine_summary(quiet) == ("3 vertebrae within the normal-marrow range (<= 0.55 x 10^-3 mm^2/s), "
+                                                "no outlier, no height loss.")
+    flagged = result({"T12": "above_marrow_range", "L1": "above_marrow_range;outlier", "L2": "height_loss"},
+                     lesions=[{"segment": "L1 lesion", "level": "L1", "how": "overlap"}])
+    assert spine_panel.spine_summary(flagged) == (
+        "2 vertebrae above the normal-marrow range (> 0.55 x 10^-3 mm^2/s): T12, L1 \u2014 diffuse infiltration to "
+        "exclude; outlier against this spine: L1; body height loss: L2 \u2014 a compression fracture to exclude; "
+        "lesions: L1 lesion at L1.")
+
+
+def test_followup_summary_line():
+    from VertebralMarrowLib.slicer_panel.followup import followup_summary
+
+    def row(segment, status, response):
+        return {"segment": segment, "status": status, "response": response}
+
+    rows = [row("A", "matched", "RAC1"), row("B", "matched", "RAC3"), row("C", "matched", "RAC3"),
+            row("D", "new", "RAC5"), row("E", "gone", None), row("F", "matched", None)]
+    assert followup_summary(rows) == (
+        "6 compared. RAC1: A; RAC5: D (new); RAC3 (no change): 2; gone: E; no ADC at one time point: F. "
+        "MET-RADS-P categories from the ADC only: the reader weighs the high-b signal and the morphology.")

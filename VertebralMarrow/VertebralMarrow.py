@@ -659,17 +659,18 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._busy:
             return None
         self._busy = True
+        message = None
         try:
             with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
                 try:
                     action()
                 except InputError as error:
                     message = f"{failure} {error}"
-                    slicer.util.errorDisplay(message)
-                    return message
-            return None
         finally:
             self._busy = False
+        if message:
+            slicer.util.errorDisplay(message)  # after the wait cursor is gone
+        return message
 
     def _progressDialog(self, text: str):
         progressDialog = slicer.util.createProgressDialog(windowTitle=_("Vertebral Marrow"), labelText=text, maximum=100,
@@ -717,7 +718,9 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder = qt.QFileDialog.getExistingDirectory(
             slicer.util.mainWindow(), _("Baseline result folder (results.json, spine.json)"), qt.QDir.homePath())
         if folder:
-            self._parameterNode.followupBaselineFolder = folder
+            with slicer.util.NodeModify(self._parameterNode.parameterNode):
+                self._parameterNode.followupBaselineFolder = folder
+                self._parameterNode.followupBaseline = None  # one baseline: the folder now
 
     def onCompareButton(self) -> None:
         self._followupMessage = None
@@ -903,7 +906,8 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
                                                    parameterNode.spineOverlay)
         followup_panel.link_time_point(parameterNode.resultsTable, table)
         parameterNode.spineTable, parameterNode.spineOverlay = table, overlay
-        slicer.util.setSliceViewerLayers(background=parameterNode.displayVolume or result.adc_node, label=overlay,
+        background = parameterNode.displayVolume if parameterNode.displayVolume is not None else result.adc_node
+        slicer.util.setSliceViewerLayers(background=background, label=overlay,
                                          labelOpacity=float(parameterNode.overlayOpacity), fit=True)
         return result
 

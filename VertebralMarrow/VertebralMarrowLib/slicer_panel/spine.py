@@ -212,7 +212,8 @@ def replace_run_nodes(scene, previous: Optional[SpineResult], result: SpineResul
             if node is None or node is result.adc_node or node.GetScene() is not scene or any(node is n for n in user_nodes):
                 continue
             helpers = [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())] + [node.GetStorageNode()]
-            for helper in helpers + [node]:
+            # The node first: a slice view showing a volume without a display node makes it a new one.
+            for helper in [node] + helpers:
                 if helper is not None:
                     scene.RemoveNode(helper)
     if result.segmentation.GetDisplayNode() is not None:
