@@ -755,6 +755,10 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         for row in result.lesion_rows:
             print(row["segment"], row["adc_mean"], row["adc_class"], row["differential"])
         logic.exportReport("/tmp/vertebral-marrow-report")
+        params.spineLabels = getNode("vertebrae_totalsegmentator")    # the whole spine
+        spine = logic.analyzeSpine(params)                            # spine table and tier overlay
+        logic.keepAsBaseline(params)      # ... then the follow-up study: process, analyzeSpine
+        rows = logic.compareWithBaseline(params)                      # follow-up table
     """
 
     def __init__(self) -> None:
