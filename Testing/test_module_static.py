@@ -1692,3 +1692,19 @@ def test_followup_summary_line():
     assert followup_summary(rows) == (
         "6 compared. RAC1: A; RAC5: D (new); RAC3 (no change): 2; gone: E; no ADC at one time point: F. "
         "MET-RADS-P categories from the ADC only: the reader weighs the high-b signal and the morphology.")
+
+
+def test_spine_and_followup_tables_carry_the_files_columns():
+    """The panel's spine and follow-up tables have spine.csv's and followup.csv's columns, in
+    their order, each with a description (units where there are)."""
+    from VertebralMarrowLib.core.followup import FOLLOWUP_COLUMNS
+    from VertebralMarrowLib.slicer_panel.followup import FOLLOWUP_TABLE_COLUMNS
+    from VertebralMarrowLib.slicer_panel.spine import SPINE_TABLE_COLUMNS
+    from VertebralMarrowLib.spine_analysis import SPINE_COLUMNS
+
+    for columns, names in ((SPINE_TABLE_COLUMNS, SPINE_COLUMNS), (FOLLOWUP_TABLE_COLUMNS, FOLLOWUP_COLUMNS)):
+        assert tuple(name for name, _, _ in columns) == tuple(names)
+        assert all(description for _, _, description in columns)
+    units = {name: unit for name, unit, _ in SPINE_TABLE_COLUMNS + FOLLOWUP_TABLE_COLUMNS}
+    assert units["adc_mean"] == units["adc_baseline"] == units["adc_change"] == "10^-3 mm^2/s"
+    assert units["adc_change_pct"] == "%" and units["height_ratio"] == "ratio"

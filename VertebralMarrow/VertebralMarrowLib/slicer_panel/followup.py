@@ -80,7 +80,8 @@ def baseline(params) -> Tuple[List[Reading], str, Optional[Path]]:
     if table is None and not folder:
         raise InputError("choose the baseline: a results or spine table in the scene, or a result folder on disk")
     if folder:
-        return read_timepoint(folder), str(Path(folder).expanduser()), Path(folder).expanduser()
+        path = Path(folder).expanduser()
+        return read_timepoint(path), str(path), path
     tables = time_point_tables(table)
     current = {node.GetID() for node in current_tables(params)}
     if any(node.GetID() in current for node in tables):

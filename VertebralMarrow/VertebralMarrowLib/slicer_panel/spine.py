@@ -178,7 +178,9 @@ def publish_spine(scene, result: SpineResult, table=None, overlay=None):
     fill_table_node(table, result.rows, SPINE_TABLE_COLUMNS, SPINE_TEXT_COLUMNS)
     table.SetAttribute(SUMMARY_ATTRIBUTE, spine_summary(result))
     table.SetAttribute("VertebralMarrow.Disclaimer", result.disclaimer)
-    colors = _class_colors(scene, overlay) or class_color_node(scene)
+    colors = _class_colors(scene, overlay)  # the lesion overlay's, palette and all
+    if colors is None:
+        colors = class_color_node(scene)
     overlay = _on_adc_grid(scene, result, tier_codes(result), SPINE_OVERLAY_NAME, overlay, labelmap=True)
     overlay.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
     return table, overlay
