@@ -39,7 +39,7 @@ from VertebralMarrowLib.mrml import (
 )
 from VertebralMarrowLib.outputs.nodes import class_color_node, overlay_node
 from VertebralMarrowLib.outputs.charts import plot_nodes
-from VertebralMarrowLib.outputs.rendering import VIEW_PIXELS, SliceRenderer, roi_outlines, view_boxes
+from VertebralMarrowLib.outputs.rendering import VIEW_PIXELS, RoiVoxels, SliceRenderer, roi_outlines, view_boxes
 from VertebralMarrowLib.outputs.report import write_report
 from VertebralMarrowLib.pipeline import run_analysis
 
@@ -306,6 +306,64 @@ def _centre(name: str) -> np.ndarray:
     lesion = next(lesion for lesion in LESIONS if lesion.segment == original)
     x, y, z = lesion.centre_offset_mm
     return np.array([x, y, z + level_centre_z(lesion.level)])
+
+
+def test_outlines_trace_each_roi_in_view(live):
+    """The painted outlines, checked against borders found by scipy's binary erosion: the lesion
+    in view has a white border two pixels wide, the other lesions a grey one pixel wide, the
+    normal-marrow reference a dashed blue one, a disc or muscle a dotted grey one; nothing
+    inside an ROI or outside all of them is touched."""
+    from scipy import ndimage
+
+    from VertebralMarrowLib.outputs.rendering import OTHER_ROI_COLOR, REFERENCE_COLOR, _with_outlines
+
+    ids = [d["id"] for d in live.result.segments]
+    roles = {d["id"]: d["role"] for d in live.result.segments}
+    lesion = next(d for d in live.result.segments if d["role"] == "lesion")
+    cross = ndimage.generate_binary_structure(2, 1)
+    blue, grey = (tuple(int(hex_colour[n:n + 2], 16) for n in (1, 3, 5)) for hex_colour in (REFERENCE_COLOR, OTHER_ROI_COLOR))
+    with SliceRenderer(live.scene, live.overlay) as renderer, \
+            roi_outlines(live.scene, live.study.segmentation, ids, live.study.t2) as outlines:
+        renderer.set_outlines(outlines)
+        reference = next(d["id"] for d in live.result.segments if d["role"] == "reference")
+        views = [renderer.render(live.study.t2, "Sagittal", _centre(lesion["name"]), lesion["id"]),
+                 renderer.render(live.study.t2, "Sagittal", RoiVoxels(live.result).centre_ras(reference), reference)]
+    seen_roles = set()
+    for view in views:
+        painted = _with_outlines(view, roles)
+        changed = np.any(painted != view.rgb, axis=2)
+        for code, sid in view.roi_ids.items():
+            mask = view.rois == code
+            if not mask.any():
+                continue
+            seen_roles.add(roles[sid])
+            width = 2 if sid == view.focus else 1
+            border = mask & ~ndimage.binary_erosion(mask, cross, iterations=width, border_value=0)
+            inside = mask & ~border
+            assert not changed[inside].any(), f"{sid}: pixels inside the ROI painted"
+            if roles[sid] != "lesion":  # the reference dashed blue, a disc or muscle dotted grey
+                colour = blue if roles[sid] == "reference" else grey
+                on = border & np.all(painted == colour, axis=2)
+                assert 0.3 * border.sum() < on.sum() < 0.8 * border.sum(), f"{sid}: outline not broken {colour}"
+                assert not changed[border & ~on].any(), f"{sid}: the outline's gaps painted"
+            else:
+                colour = (255, 255, 255) if sid == view.focus else (200, 200, 200)
+                assert np.all(painted[border] == colour), f"{sid}: outline not {colour}"
+        assert not changed[view.rois == 0].any(), "pixels outside every ROI painted"
+    assert {"lesion", "reference"} <= seen_roles, "the views should show a lesion and the reference"
+
+
+def test_png_writer_round_trips_every_pixel(tmp_path):
+    """rendering.write_png (Up-filtered rows, modulo-256 differences) read back by Pillow's
+    independent decoder: noise, flat areas and wrap-around steps, pixel for pixel."""
+    from VertebralMarrowLib.outputs.rendering import write_png
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image[10:20] = 255
+    image[20:22] = 0  # 255 -> 0: a difference that wraps
+    path = write_png(tmp_path / "x.png", image)
+    np.testing.assert_array_equal(_rgb(path), image)
 
 
 def test_without_matplotlib_snapshots_are_still_written(live, tmp_path, monkeypatch):

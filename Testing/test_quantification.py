@@ -818,6 +818,42 @@ def test_overlapping_segments_each_keep_all_their_voxels(study_dir, tmp_path):
     assert rows["L2 vertebra"]["role"] == "reference"
 
 
+def slicer_export(app, segmentation, ids, volume_node) -> np.ndarray:
+    """Slicer's own export of `ids` onto the volume's grid (one segment after another)."""
+    id_array = vtk.vtkStringArray()
+    for sid in ids:
+        id_array.InsertNextValue(sid)
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    app.scene.AddNode(labelmap)
+    assert app.segmentations_logic.ExportSegmentsToLabelmapNode(segmentation, id_array, labelmap, volume_node)
+    return np.array(slicer.util.arrayFromVolume(labelmap))
+
+
+@pytest.mark.parametrize("grid", [ADC_GRID, DWI_GRID, T1_GRID, SEG_GRID, FS_GRID, CT_GRID,
+                                  Grid(ADC_GRID.axes, ADC_GRID.spacing, SPHERES["lesion B"][0], (14, 12, 7))],
+                         ids=["adc", "dwi", "t1", "seg", "fs", "ct", "partly outside"])
+def test_segments_on_grid_are_the_voxels_slicers_export_gives(study_dir, tmp_path, grid):
+    """mrml.segments_on_grid resamples each shared layer once; Slicer's export resamples it
+    once per segment. The voxels must be the same on every grid, for segments in two layers."""
+    folder, _ = study_dir
+    x, y, z = SEG_GRID.centres()
+    SEG_GRID.write(tmp_path / "block.nrrd", ((np.abs(x - 3.0) <= 16.0) & (np.abs(y - 1.0) <= 15.0)).astype(np.uint8) * 7)
+    app = mrml.new_scene()
+    segmentation = load_seg(app, folder)
+    block = mrml.load_volume(app.scene, tmp_path / "block.nrrd", labelmap=True)
+    assert app.segmentations_logic.ImportLabelmapToSegmentationNode(block, segmentation)
+    assert segmentation.GetSegmentation().GetNumberOfLayers() == 2  # the block overlaps the spheres
+    volume = mrml.load_volume(app.scene, grid.write(tmp_path / "grid.nrrd", np.zeros(grid.shape_kji, np.int16)), "grid")
+    ids = mrml.segment_ids(segmentation)
+    on_grid = mrml.segments_on_grid(app.scene, app, segmentation, ids, volume, with_outside=False)
+    assert len(on_grid.labels) == 2
+    for labels, layer_ids in zip(on_grid.labels, on_grid.ids_per_layer):
+        expected = slicer_export(app, segmentation, layer_ids, volume)
+        assert labels.shape == expected.shape
+        np.testing.assert_array_equal(labels, expected)
+        assert np.any(labels > 0)
+
+
 # --- inputs are never changed -----------------------------------------------------------
 
 

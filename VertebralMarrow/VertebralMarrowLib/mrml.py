@@ -328,33 +328,82 @@ class SegmentsOnGrid:
 def segments_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, ids: Sequence[str], volume_node,
                      with_outside: bool = True) -> SegmentsOnGrid:
     """Export segments onto `volume_node`'s own grid (origin, spacing, direction and parent
-    transforms) with Slicer's segmentation logic, one labelmap per overlap layer so that
+    transforms) as Slicer's segmentation logic does, one labelmap per overlap layer so that
     overlapping segments each keep all their voxels; and (`with_outside`) the fraction of each
     segment lying outside the volume."""
     logic = _segmentations_logic(scene, app)
     segmentation = segmentation_node.GetSegmentation()
     _check_export_size(segmentation_node, volume_node)
+    segmentation.CreateRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
     wanted = set(ids)
     layers: List[List[str]] = []
     for layer in range(segmentation.GetNumberOfLayers()):
         in_layer = [sid for sid in segmentation.GetSegmentIDsForLayer(layer) if sid in wanted]
         if in_layer:
             layers.append(sorted(in_layer, key=list(ids).index))
-    labels = []
-    for layer_ids in layers:
-        id_array = vtk.vtkStringArray()
-        for sid in layer_ids:
-            id_array.InsertNextValue(sid)
-        labelmap = slicer.vtkMRMLLabelMapVolumeNode()
-        scene.AddNode(labelmap)
-        try:
-            if not logic.ExportSegmentsToLabelmapNode(segmentation_node, id_array, labelmap, volume_node):
-                raise InputError(f"cannot export segments of '{segmentation_node.GetName()}' onto '{volume_node.GetName()}'")
-            labels.append(np.array(slicer.util.arrayFromVolume(labelmap)))
-        finally:
-            _remove_with_helpers(scene, labelmap)
+    same_space = segmentation_node.GetParentTransformNode() is volume_node.GetParentTransformNode()
+    labels = [_layer_on_grid(segmentation, layer_ids, volume_node) if same_space
+              else _export_with_logic(scene, logic, segmentation_node, layer_ids, volume_node)
+              for layer_ids in layers]
     outside = _fractions_outside(segmentation_node, ids, volume_node) if with_outside else {}
     return SegmentsOnGrid(labels, layers, outside)
+
+
+def _layer_on_grid(segmentation, layer_ids: List[str], volume_node) -> np.ndarray:
+    """The segments `layer_ids` of one shared labelmap layer on the volume's grid: the layer
+    resampled once (nearest neighbour, Slicer's own vtkOrientedImageDataResample), then its
+    label values mapped to 1..n. Slicer's export resamples the whole layer once per segment;
+    the voxels are the same (Testing/test_quantification.py compares the two)."""
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    shape_kji = array_of(volume_node).shape
+    out = np.zeros(shape_kji, np.int16)
+    layer = segmentation.GetSegment(layer_ids[0]).GetRepresentation(name)
+    if layer is None or layer.IsEmpty():
+        return out
+    volume_ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(volume_ijk_to_ras)
+    reference = slicer.vtkOrientedImageData()
+    reference.SetExtent(0, shape_kji[2] - 1, 0, shape_kji[1] - 1, 0, shape_kji[0] - 1)
+    reference.SetGeometryFromImageToWorldMatrix(volume_ijk_to_ras)
+    on_grid = layer
+    if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(reference, layer):
+        on_grid = slicer.vtkOrientedImageData()
+        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceGeometry(layer, volume_ijk_to_ras, on_grid)
+    extent = on_grid.GetExtent()
+    low = np.array(extent[0::2])
+    high = np.array(extent[1::2])
+    if np.any(high < low):
+        return out
+    values = numpy_support.vtk_to_numpy(on_grid.GetPointData().GetScalars()).reshape(tuple((high - low + 1)[::-1]))
+    label_values = [segmentation.GetSegment(sid).GetLabelValue() for sid in layer_ids]
+    lookup = np.zeros(max(int(values.max()), *label_values) + 1, np.int16)
+    for index, value in enumerate(label_values, 1):
+        lookup[value] = index
+    # the part of the resampled layer that lies on the volume's extent
+    start = np.maximum(low, 0)
+    stop = np.minimum(high, np.array(shape_kji[::-1]) - 1) + 1
+    if np.any(stop <= start):
+        return out
+    inside = tuple(slice(a, b) for a, b in zip((start - low)[::-1], (stop - low)[::-1]))
+    target = tuple(slice(a, b) for a, b in zip(start[::-1], stop[::-1]))
+    out[target] = lookup[np.clip(values[inside], 0, None)]
+    return out
+
+
+def _export_with_logic(scene, logic, segmentation_node, layer_ids: List[str], volume_node) -> np.ndarray:
+    """The segments of one layer exported by Slicer's segmentation logic, which also maps the
+    segmentation through the transforms between it and the volume."""
+    id_array = vtk.vtkStringArray()
+    for sid in layer_ids:
+        id_array.InsertNextValue(sid)
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    scene.AddNode(labelmap)
+    try:
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, id_array, labelmap, volume_node):
+            raise InputError(f"cannot export segments of '{segmentation_node.GetName()}' onto '{volume_node.GetName()}'")
+        return np.array(slicer.util.arrayFromVolume(labelmap))
+    finally:
+        _remove_with_helpers(scene, labelmap)
 
 
 def segment_fractions_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, segment_id: str, volume_node,

@@ -9,6 +9,8 @@ importing this module is fast and never changes pyplot's backend inside Slicer.
 from __future__ import annotations
 
 import html
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -19,10 +21,11 @@ from .rendering import (
     CLASS_OF_ROW, FIELD_OF_VIEW_MM, MARGIN_PX, OTHER_ROI_COLOR, REFERENCE_COLOR,
     Picture, Progress, RoiVoxels, SliceRenderer, View, _anatomy_volume, _backgrounds, _row_class_text, _display_window,
     _file_names, _image_words, _num, _rgb, _roles, _shorten, _with_outlines, roi_outlines, scale_bar_mm, snapshot_size,
-    view_boxes, write_views_png,
+    one_vtk_thread, view_boxes, write_views_png,
 )
 
 DPI = 100
+LIST_LINE_MIN = 0.05  # of the overview's list panel (320 px): 16 px a line, legible at 9.5 pt
 
 
 def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progress = None) -> List[Picture]:
@@ -44,23 +47,36 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
     outline_grid = outline_grid if outline_grid is not None else result.adc_node
     exported = result.rois_on_grids.get(outline_grid.GetID()) if outline_grid is not result.adc_node else result.rois_on_adc
     all_ids = [d["id"] for d in result.segments]
-    with SliceRenderer(scene, overlay_node) as renderer, \
-            roi_outlines(scene, study.segmentation, all_ids, outline_grid, exported) as outlines:
-        renderer.set_outlines(outlines)
-        backgrounds = _backgrounds(study, result)
-        centres = {d["id"]: voxels.centre_ras(d["id"]) for d in lesions}
+    backgrounds = _backgrounds(study, result)
+    images = [label for label, _, _ in backgrounds]
+    centres = {d["id"]: voxels.centre_ras(d["id"]) for d in lesions}
+    # One renderer per background and orientation, each background in its display window for
+    # the whole loop: no slice logic switches volume or plane. The PNGs are painted and
+    # compressed by a worker thread (zlib lets go of the GIL) while the next lesion is drawn.
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as writer:
+        stack.enter_context(one_vtk_thread())
+        outlines = stack.enter_context(roi_outlines(scene, study.segmentation, all_ids, outline_grid, exported))
+        renderers = []
+        for label, node, window in backgrounds:
+            stack.enter_context(_display_window(node, window))
+            for orientation in ("Axial", "Sagittal"):
+                renderer = stack.enter_context(SliceRenderer(scene, overlay_node))
+                renderer.set_outlines(outlines)
+                renderers.append((label, node, orientation, renderer))
         if lesions:
-            pictures.append(_overview(renderer, backgrounds[0], centres, result, out / "overview.png", plotting))
-        images = [label for label, _, _ in backgrounds]
+            pictures.append(_overview(renderers[0], centres, result, out / "overview.png", plotting))
+        writing = None
         for index, detail in enumerate(lesions):
             report(0.05 + 0.75 * index / max(len(lesions), 1), f"snapshot of {detail['name']}")
-            views = []
-            for label, node, window in backgrounds:
-                with _display_window(node, window):
-                    views += [renderer.render(node, orientation, centres[detail["id"]], detail["id"], label)
-                              for orientation in ("Axial", "Sagittal")]
+            views = [renderer.render(node, orientation, centres[detail["id"]], detail["id"], label)
+                     for label, node, orientation, renderer in renderers]
+            if writing is not None:
+                writing.result()  # one lesion's pixels in flight at most; a write error is raised here
             path = out / f"snapshot_{names[detail['name']]}.png"
+            writing = writer.submit(write_views_png, views, path, result)
             pictures.append(_lesion_snapshot(views, images, rows[detail["name"]], result, path))
+        if writing is not None:
+            writing.result()
 
     report(0.8, "ADC histograms")
     reference_adc = _reference_adc(result)
@@ -76,12 +92,11 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
 
 
 def _lesion_snapshot(views: List[View], images: List[str], row: dict, result, path: Path) -> Picture:
-    """The lesion's views written by rendering.write_views_png; what they show is the caption."""
+    """The lesion's views (written to `path` by rendering.write_views_png); what they show is the caption."""
     name = row["segment"]
     class_text = _row_class_text(row, result)
     adc_text = f"mean ADC {_num(row['adc_mean'])} ± {_num(row['adc_sd'])} ×10⁻³ mm²/s"
     shown = " and ".join(_image_words(image) for image in images)
-    write_views_png(views, path, result)
     order = ", ".join(f"{image} {orientation}" for image in images for orientation in ("axial", "sagittal"))
     letters = views[0].edge_letters
     caption = (f"{name}: {class_text}; {adc_text}, {row['n_voxels_adc']} ADC voxels. Axial and sagittal through the "
@@ -92,15 +107,15 @@ def _lesion_snapshot(views: List[View], images: List[str], row: dict, result, pa
     return Picture(path=path, caption=caption, kind="snapshot", segment=name)
 
 
-def _overview(renderer: SliceRenderer, background, centres: Dict[str, np.ndarray], result, path: Path, plotting: bool) -> Picture:
+def _overview(background, centres: Dict[str, np.ndarray], result, path: Path, plotting: bool) -> Picture:
     """Every lesion at a glance: a coronal view through the middle of the lesions, wide enough
-    to hold all their centres, each lesion named beside it, and the list of lesions by class."""
-    label, node, window = background
+    to hold all their centres, each lesion named beside it, and the list of lesions by class.
+    `background`: (label, volume, orientation, a renderer of it)."""
+    label, node, _, renderer = background
     points = np.array(list(centres.values()))
     middle = (points.min(axis=0) + points.max(axis=0)) / 2.0
     field = max(FIELD_OF_VIEW_MM, float(np.max(points.max(axis=0) - points.min(axis=0))) + 60.0)
-    with _display_window(node, window):
-        view = renderer.render(node, "Coronal", middle, "", label, field)
+    view = renderer.render(node, "Coronal", middle, "", label, field)
     under = _image_words(label)
     if plotting:
         title = "All lesions: their ADC tiers on the image"
@@ -187,7 +202,12 @@ def _lesion_list(axes, result) -> None:
     axes.set_ylim(0, 1)
     lesions = result.lesion_rows
     axes.text(0.02, 0.985, "Lesion · mean ADC (×10⁻³ mm²/s) · class", fontsize=10, fontweight="bold", va="top")
-    step = min(0.075, 0.78 / max(len(lesions), 1))  # room below for the note
+    step = max(min(0.075, 0.78 / max(len(lesions), 1)), LIST_LINE_MIN)  # room below for the note
+    lines = int(0.78 / step + 1e-9)
+    if len(lesions) > lines:  # lines no closer than can be read: the rest are in the results table
+        axes.text(0.09, 0.92 - (lines - 1) * step, f"… and {len(lesions) - lines + 1} more: see the results table",
+                  fontsize=9.5, va="center", color="#444444")
+        lesions = lesions[:lines - 1]
     for n, row in enumerate(lesions):
         y = 0.92 - n * step
         value = CLASS_OF_ROW.get(row["adc_class"])
@@ -196,7 +216,7 @@ def _lesion_list(axes, result) -> None:
         axes.text(0.09, y, _plain(_shorten(row["segment"], 22)), fontsize=9.5, va="center")
         axes.text(0.53, y, _num(row["adc_mean"]), fontsize=9.5, va="center", ha="right", fontweight="bold")
         axes.text(0.57, y, BY_KEY[row["adc_class"]].label if row["adc_class"] in BY_KEY else row["adc_class"], fontsize=9, va="center")
-    axes.text(0.02, 0.92 - len(lesions) * step - 0.02,
+    axes.text(0.02, 0.92 - min(len(result.lesion_rows), lines) * step - 0.02,
               _plain(f"Class: the fat, density and heterogeneity signs first,\n"
                      f"then the mean ADC's tier (cut-off {_num(result.options.adc_cutoff)}, Kaur 2020)."),
               fontsize=8.5, color="#444444", va="top")
