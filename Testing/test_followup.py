@@ -97,3 +97,27 @@ def test_followup_of_a_folder_without_results_is_one_error_line(tmp_path, capsys
 def test_a_threshold_crossed_by_noise_is_no_response():
     # 1.38 -> 1.42 crosses Padhani's 1.4 but is +2.9 %, within Messiou's 14.8 %.
     assert lesion_response(1.38, 1.42, RULES)[0] == "RAC3"
+
+
+def test_result_tables_loaded_from_csv_read_as_their_folder(demo):
+    """A time point from table nodes (the panel's baseline): results.csv and spine.csv loaded
+    into Slicer as tables (text columns) give the readings results.json and spine.json give."""
+    from VertebralMarrowLib.mrml import new_scene
+    from VertebralMarrowLib.outputs.followup_report import read_timepoint, readings_from_table
+
+    out = demo[0]
+    scene = new_scene().scene
+    readings = []
+    for name in ("results.csv", "spine.csv"):
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        storage = scene.AddNewNodeByClass("vtkMRMLTableStorageNode")
+        storage.SetFileName(str(out / name))
+        assert storage.ReadData(table)
+        assert not table.GetTable().GetColumnByName("adc_mean").IsNumeric()   # without a schema: text
+        readings += readings_from_table(table)
+    expected = read_timepoint(out)
+    assert [(r.name, r.kind, r.adc_class) for r in readings] == [(r.name, r.kind, r.adc_class) for r in expected]
+    for got, want in zip(readings, expected):
+        assert (got.adc_mean is None) == (want.adc_mean is None), got.name
+        if want.adc_mean is not None:
+            assert got.adc_mean == pytest.approx(want.adc_mean, abs=5e-5), got.name   # CSV cells: 4 decimals

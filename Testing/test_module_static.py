@@ -305,7 +305,7 @@ def test_ui_object_names_are_unique_and_the_widgets_load(loaded_ui):
 def test_ui_sections_and_scene_connections(loaded_ui):
     widget, _, _ = loaded_ui
     sections = [(name, property_value(element, "text")) for cls, name, element in ui_widgets() if cls == "ctkCollapsibleButton"]
-    assert [text for _, text in sections] == ["Inputs", "Segment roles", "Parameters", "Results"]
+    assert [text for _, text in sections] == ["Inputs", "Segment roles", "Parameters", "Results", "Whole spine", "Follow-up"]
     connections = {(c.find("sender").text, c.find("signal").text, c.find("receiver").text, c.find("slot").text)
                    for c in ui_tree().iter("connection")}
     needs_scene = [name for cls, name, _ in ui_widgets() if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qMRMLTableView")]
@@ -358,7 +358,7 @@ def test_ui_scene_signal_reaches_every_mrml_widget(loaded_ui):
     widget, _, _ = loaded_ui
     receivers = widget.receivers(QtCore.SIGNAL("mrmlSceneChanged(vtkMRMLScene*)"))
     needs_scene = [name for cls, name, _ in ui_widgets() if cls in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qMRMLTableView")]
-    assert receivers == len(needs_scene) == 16
+    assert receivers == len(needs_scene) == 23  # 16 + the whole spine (4) and the follow-up (3)
 
 
 # =============================================================================================
@@ -567,6 +567,14 @@ def _literal_or_setting(node):
         return SETTING[ast.literal_eval(node.args[0])].default_value()
     if isinstance(node, ast.Call) and dotted(node.func) == "list" and isinstance(node.args[0], ast.Attribute):
         return list(SETTING[ast.literal_eval(node.args[0].value.slice)].choices)
+    if isinstance(node, ast.Call) and dotted(node.func) == "_spineDefault":  # criteria.json's spine section
+        from VertebralMarrowLib.slicer_panel.spine import spine_default
+
+        return spine_default(ast.literal_eval(node.args[0]))
+    if isinstance(node, ast.Call) and dotted(node.func) == "list" and dotted(node.args[0]) == "SCHEME_CHOICES":
+        from VertebralMarrowLib.spine_analysis import SCHEME_CHOICES
+
+        return list(SCHEME_CHOICES)
     return ast.literal_eval(node)
 
 
@@ -710,7 +718,7 @@ def test_parameter_annotations_evaluate_under_python_39():
         "    def __init__(self, *a, **k): pass\n"
         "import collections\n"
         "namespace = {'Annotated': Annotated, 'List': List, 'Optional': Optional, 'Union': Union,\n"
-        "             'WithinRange': Stub, 'Choice': Stub, '_within': Stub,\n"
+        "             'WithinRange': Stub, 'Choice': Stub, '_within': Stub, 'SCHEME_CHOICES': (),\n"
         "             'SETTING': collections.defaultdict(lambda: type('Setting', (), {'choices': ()})())}\n"
         "for n in ast.walk(cls):\n"
         "    if isinstance(n, ast.Name) and n.id.startswith('vtkMRML'):\n"
@@ -958,6 +966,11 @@ def test_clinical_defaults_equal_the_criteria_file():
         assert fields[parameter].default == value, f"{parameter}: {fields[parameter].default} != criteria.json {value}"
         assert property_value(bound[parameter][2], "value") == value, parameter
     assert fields["criteriaFile"].default == ""
+    # The whole spine's settings: criteria.json's spine section, where the spine command takes them from.
+    for parameter, key in (("spineErosionMm", "erosion_mm"), ("spineOutlierRobustSd", "outlier_robust_sd"),
+                           ("spineHeightLossBelow", "height_loss_below")):
+        assert fields[parameter].default == criteria["spine"][key]["value"], parameter
+        assert property_value(bound[parameter][2], "value") == criteria["spine"][key]["value"], parameter
     resolved = Options().resolved()
     options = panel.options_from_parameters(parameters())
     for name in ("adc_cutoff", "indeterminate_band", "signal_low_below", "signal_high_above", "min_voxels",
@@ -1641,3 +1654,57 @@ def test_the_panel_passes_every_setting_to_the_analysis():
     options = panel.options_from_parameters(parameters(**chosen)).resolved()
     assert (options.marrow_max, options.bone_island_min_hu, options.fat_t1_ratio_min, options.fat_fraction_min_percent,
             options.chemical_shift_drop_below) == tuple(chosen.values())
+
+
+def test_spine_panel_reference_levels_and_summary_lines():
+    """The whole spine's typed reference levels and its summary line, read as a radiologist
+    would write and read them."""
+    from VertebralMarrowLib.slicer_panel import spine as spine_panel
+
+    assert spine_panel.reference_levels("L3, l4 T12") == ("L3", "L4", "T12")
+    assert spine_panel.reference_levels("  ") == ()
+    with pytest.raises(InputError, match="'L9' is no vertebra level"):
+        spine_panel.reference_levels("L3, L9")
+
+    def result(flags, adc=0.45, lesions=()):
+        rows = [{"level": level, "flags": flag, "adc_mean": adc} for level, flag in flags.items()]
+        return SimpleNamespace(rows=rows, criteria={"marrow_max": 0.55}, lesions=list(lesions))
+
+    quiet = result({"L1": "", "L2": "", "L3": ""})
+    assert spine_panel.spine_summary(quiet) == ("3 vertebrae within the normal-marrow range (<= 0.55 x 10^-3 mm^2/s), "
+                                                "no outlier, no height loss.")
+    flagged = result({"T12": "above_marrow_range", "L1": "above_marrow_range;outlier", "L2": "height_loss"},
+                     lesions=[{"segment": "L1 lesion", "level": "L1", "how": "overlap"}])
+    assert spine_panel.spine_summary(flagged) == (
+        "2 vertebrae above the normal-marrow range (> 0.55 x 10^-3 mm^2/s): T12, L1 \u2014 diffuse infiltration to "
+        "exclude; outlier against this spine: L1; body height loss: L2 \u2014 a compression fracture to exclude; "
+        "lesions: L1 lesion at L1.")
+
+
+def test_followup_summary_line():
+    from VertebralMarrowLib.slicer_panel.followup import followup_summary
+
+    def row(segment, status, response):
+        return {"segment": segment, "status": status, "response": response}
+
+    rows = [row("A", "matched", "RAC1"), row("B", "matched", "RAC3"), row("C", "matched", "RAC3"),
+            row("D", "new", "RAC5"), row("E", "gone", None), row("F", "matched", None)]
+    assert followup_summary(rows) == (
+        "6 compared. RAC1: A; RAC5: D (new); RAC3 (no change): 2; gone: E; no ADC at one time point: F. "
+        "MET-RADS-P categories from the ADC only: the reader weighs the high-b signal and the morphology.")
+
+
+def test_spine_and_followup_tables_carry_the_files_columns():
+    """The panel's spine and follow-up tables have spine.csv's and followup.csv's columns, in
+    their order, each with a description (units where there are)."""
+    from VertebralMarrowLib.core.followup import FOLLOWUP_COLUMNS
+    from VertebralMarrowLib.slicer_panel.followup import FOLLOWUP_TABLE_COLUMNS
+    from VertebralMarrowLib.slicer_panel.spine import SPINE_TABLE_COLUMNS
+    from VertebralMarrowLib.spine_analysis import SPINE_COLUMNS
+
+    for columns, names in ((SPINE_TABLE_COLUMNS, SPINE_COLUMNS), (FOLLOWUP_TABLE_COLUMNS, FOLLOWUP_COLUMNS)):
+        assert tuple(name for name, _, _ in columns) == tuple(names)
+        assert all(description for _, _, description in columns)
+    units = {name: unit for name, unit, _ in SPINE_TABLE_COLUMNS + FOLLOWUP_TABLE_COLUMNS}
+    assert units["adc_mean"] == units["adc_baseline"] == units["adc_change"] == "10^-3 mm^2/s"
+    assert units["adc_change_pct"] == "%" and units["height_ratio"] == "ratio"

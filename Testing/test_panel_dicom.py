@@ -373,3 +373,9 @@ def test_the_adc_map_guard_reads_the_dicom_header_before_the_name(shown, phantom
                                              "scanner's ADC series (ImageType ADC), or DWI to fit one.")
     with pytest.raises(InputError, match="T1 series by its DICOM header"):
         widget.logic.process(params)
+    # the Whole spine section takes the same ADC input, with the same check
+    import slicer
+    from VertebralMarrowLib.slicer_panel import spine as spine_panel
+
+    params.spineLabels = params.segmentation
+    assert spine_panel.spine_blocker(params, slicer.dicomDatabase) == widget.ui.applyButton.toolTip

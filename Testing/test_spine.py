@@ -343,3 +343,32 @@ def test_spine_from_a_dicom_study_reads_the_same_vertebrae(phantom, tmp_path):
     for level, row in scanner.items():
         assert float(rows[level]["adc_mean"]) == pytest.approx(float(row["adc_mean"]), rel=0.1), level
         assert rows[level]["t1_ratio"] != "" and rows[level]["fs_ratio"] != "", level
+
+
+def test_labelmap_node_named_by_its_color_table(tmp_path):
+    """A labelmap node whose color table names the levels is read by those names (its numbers
+    fit no scheme); with a color table naming no vertebra it is read by numbers and positions."""
+    from VertebralMarrowLib.mrml import volume_from_array
+    from VertebralMarrowLib.phantom import exam_grids, voxel_centres_ras
+    from VertebralMarrowLib.phantom_spine import vertebra_labels
+    from VertebralMarrowLib.spine_analysis import spine_labels_from_node
+
+    grid = exam_grids()["t2"]
+    numbers = {level: 200 + value for level, value in NAMED.items()}
+    array = vertebra_labels(voxel_centres_ras(grid), numbers).reshape(grid.shape_kji)
+    app = new_scene()
+    node = volume_from_array(app.scene, array, grid.ijk_to_ras, "labels", labelmap=True)
+    colors = app.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "vertebra names")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(210)
+    for value, name in SEGMENT_NAMES.items():
+        colors.SetColor(200 + value, name, 0.5, 0.5, 0.5, 1.0)
+    node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
+    labels = spine_labels_from_node(app.scene, app, node)
+    assert labels.scheme == "names"
+    assert {value: s.level for value, s in labels.structures.items() if s.kind == "vertebra"} == \
+        {200 + NAMED[level]: level for level in ("T12", "L1", "L2", "L3", "L4", "L5")}
+    for value in SEGMENT_NAMES:
+        colors.SetColorName(200 + value, f"tissue {value}")
+    with pytest.raises(InputError, match="no known vertebra scheme.*color table"):
+        spine_labels_from_node(app.scene, app, node)

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Annotated, Callable, List, Optional
+from typing import Annotated, Callable, List, Optional, Union
 
 import qt
 import vtk
@@ -40,6 +40,9 @@ from VertebralMarrowLib.core.criteria import SETTING
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.outputs import folder as output_folder
 from VertebralMarrowLib.slicer_panel import dicom_out, panel, series
+from VertebralMarrowLib.slicer_panel import followup as followup_panel
+from VertebralMarrowLib.slicer_panel import spine as spine_panel
+from VertebralMarrowLib.spine_analysis import SCHEME_CHOICES, analyze_spine
 from VertebralMarrowLib.mrml import HeadlessApp
 
 try:
@@ -106,6 +109,11 @@ def _within(name: str) -> WithinRange:
     return WithinRange(SETTING[name].low, SETTING[name].high)
 
 
+def _spineDefault(name: str) -> float:
+    """A whole-spine setting's default: criteria.json's spine section, as the command line's."""
+    return spine_panel.spine_default(name)
+
+
 @parameterNodeWrapper
 class VertebralMarrowParameterNode:
     """
@@ -139,6 +147,13 @@ class VertebralMarrowParameterNode:
         in a segment tag and come back when this is turned off.
     colorBlindPalette - the overlay in colours told apart with any colour vision (Okabe-Ito).
     resultsTable, overlayVolume, adcMapVolume - the outputs (created by Apply when empty, reused after).
+    spineLabels - the vertebra labels TotalSegmentator or TotalSpineSeg made (segmentation or labelmap).
+    spineScheme - how they are read: auto (names, else label numbers and positions) or a scheme.
+    spineErosionMm, spineReferenceLevels, spineOutlierRobustSd, spineHeightLossBelow - the whole
+        spine's settings (spine_analysis.SpineOptions; empty reference levels: the spine's median).
+    spineTable, spineOverlay - the whole spine's outputs (created by Analyse spine when empty).
+    followupBaseline, followupBaselineFolder - the baseline: a results or spine table in the scene,
+        or a result folder on disk; followupTable - the comparison (created by Compare when empty).
     """
 
     segmentation: vtkMRMLSegmentationNode
@@ -180,6 +195,18 @@ class VertebralMarrowParameterNode:
     resultsTable: vtkMRMLTableNode
     overlayVolume: vtkMRMLLabelMapVolumeNode
     adcMapVolume: vtkMRMLScalarVolumeNode
+    # The whole spine and the follow-up; defaults from criteria.json's spine section.
+    spineLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    spineScheme: Annotated[str, Choice(list(SCHEME_CHOICES))] = "auto"
+    spineErosionMm: Annotated[float, WithinRange(0.0, 15.0)] = _spineDefault("erosion_mm")
+    spineReferenceLevels: str = ""
+    spineOutlierRobustSd: Annotated[float, WithinRange(1.0, 10.0)] = _spineDefault("outlier_robust_sd")
+    spineHeightLossBelow: Annotated[float, WithinRange(0.5, 1.0)] = _spineDefault("height_loss_below")
+    spineTable: vtkMRMLTableNode
+    spineOverlay: vtkMRMLLabelMapVolumeNode
+    followupBaseline: vtkMRMLTableNode
+    followupBaselineFolder: str = ""
+    followupTable: vtkMRMLTableNode
 
 
 #
@@ -206,6 +233,9 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applying = False
         self._shownDifferential = None  # (result document text, lesion) the differential box shows
         self._document = None
+        self._busy = False  # Analyse spine or Compare running (progress lets clicks through)
+        self._spineMessage = None  # why the last Analyse spine failed, shown until the next run
+        self._followupMessage = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -247,6 +277,12 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dwiVolumesSelector.connect("checkedNodesChanged()", self.onDwiVolumesChanged)
         self.ui.lesionComboBox.connect("currentIndexChanged(int)", self.onLesionChanged)
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onResultsTableClicked)
+        self.ui.analyseSpineButton.connect("clicked(bool)", self.onAnalyseSpineButton)
+        self.ui.exportSpineButton.connect("clicked(bool)", self.onExportSpineButton)
+        self.ui.keepAsBaselineButton.connect("clicked(bool)", self.onKeepAsBaselineButton)
+        self.ui.followupBaselineFolderBrowseButton.connect("clicked(bool)", self.onBrowseBaselineFolder)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.exportFollowupButton.connect("clicked(bool)", self.onExportFollowupButton)
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -281,6 +317,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Parameter node will be reset, do not use it anymore
         self.setParameterNode(None)
         self.logic.forgetResult()
+        self._spineMessage = self._followupMessage = None
         self._observeSegmentation(None)  # nor keep the closed scene's segmentation alive
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -366,6 +403,8 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.dwiSummaryLabel.text = panel.dwi_summary(self._parameterNode) if self._parameterNode else ""
             self._updateRolesTable()
             self._updateResults()
+            self._updateSpine()
+            self._updateFollowup()
             self.logic.updateOverlayDisplay(self._parameterNode)
         finally:
             self._updatingGui = False
@@ -506,10 +545,10 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "Write the last analysis as DICOM SEG (the ROIs), SR (the measurements, TID 1500) and parametric "
             "map (the ADC) on the series the ADC came from, and add them to Slicer's DICOM database")
 
-    def _showUnitsInHeaders(self, table) -> None:
+    def _showUnitsInHeaders(self, table, view=None) -> None:
         """Units in the results' column headers (the view shows bare names; it rebuilds its
         headers when the table changes, so this runs after every update)."""
-        model = self.ui.resultsTableView.tableModel()
+        model = (view or self.ui.resultsTableView).tableModel()
         for column, text in enumerate(panel.column_headers(table)):
             if model is not None and column < model.columnCount() and model.headerData(column, qt.Qt.Horizontal) != text:
                 model.setHeaderData(column, qt.Qt.Horizontal, text)
@@ -596,6 +635,124 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.showStatusMessage(_("DICOM SEG, SR and parametric map added to the DICOM database:")
                                           + " " + ", ".join(str(path) for path in written.values()), 5000)
 
+    # --- whole spine and follow-up ---
+
+    def _showTable(self, view, table) -> None:
+        shown = view.mrmlTableNode()
+        if (shown.GetID() if shown else None) != (table.GetID() if table else None):
+            view.setMRMLTableNode(table)
+        self._showUnitsInHeaders(table, view)
+
+    def _updateSpine(self) -> None:
+        params = self._parameterNode
+        blocker = _(spine_panel.spine_blocker(params, _dicomDatabase()))
+        line = ""
+        if params is not None and params.spineLabels is not None:
+            try:
+                line = self.logic.spineLabelsLine(params)
+            except InputError as error:
+                line = _("These labels cannot be read:") + f" {error}"
+                blocker = blocker or str(error)
+        self.ui.spineLabelsSummaryLabel.text = line
+        self.ui.analyseSpineButton.enabled = not blocker and not self._busy
+        self.ui.analyseSpineButton.toolTip = blocker or _("Read the marrow of every labelled vertebra")
+        table = params.spineTable if params is not None else None
+        self._showTable(self.ui.spineTableView, table)
+        self.ui.spineSummaryLabel.text = self._spineMessage or spine_panel.spine_table_summary(table) or ""
+        self.ui.exportSpineButton.enabled = self.logic.lastSpineResult is not None
+
+    def _updateFollowup(self) -> None:
+        params = self._parameterNode
+        blocker = _(followup_panel.followup_blocker(params))
+        self.ui.compareButton.enabled = not blocker and not self._busy
+        self.ui.compareButton.toolTip = blocker or _("Match lesions by segment name and vertebrae by level; ADC "
+                                                     "change and the MET-RADS-P category from the ADC")
+        table = params.followupTable if params is not None else None
+        self._showTable(self.ui.followupTableView, table)
+        self.ui.followupSummaryLabel.text = self._followupMessage or followup_panel.followup_table_summary(table) or ""
+        self.ui.exportFollowupButton.enabled = self.logic.lastFollowup is not None
+
+    def _runOnce(self, failure: str, action) -> Optional[str]:
+        """Run `action` once (progress lets clicks through: no second run inside it). Bad input
+        (InputError) is one message, in the panel and a dialog, never a traceback; anything
+        else goes to Slicer's error display. The message, or None when it ran."""
+        if self._busy:
+            return None
+        self._busy = True
+        message = None
+        try:
+            with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+                try:
+                    action()
+                except InputError as error:
+                    message = f"{failure} {error}"
+        finally:
+            self._busy = False
+        if message:
+            slicer.util.errorDisplay(message)  # after the wait cursor is gone
+        return message
+
+    def _progressDialog(self, text: str):
+        progressDialog = slicer.util.createProgressDialog(windowTitle=_("Vertebral Marrow"), labelText=text, maximum=100,
+                                                          windowModality=qt.Qt.ApplicationModal)
+        progressDialog.setCancelButton(None)  # the whole-spine reading runs to its end
+
+        def progress(fraction: float, text: str) -> None:
+            progressDialog.labelText = text
+            progressDialog.value = int(round(100 * fraction))
+            slicer.app.processEvents()
+
+        return progressDialog, progress
+
+    def onAnalyseSpineButton(self) -> None:
+        def analyse():
+            progressDialog, progress = self._progressDialog(_("Reading the vertebra labels"))
+            try:
+                self.logic.analyzeSpine(self._parameterNode, progress=progress)
+            finally:
+                progressDialog.close()
+
+        self._spineMessage = None
+        self._spineMessage = self._runOnce(_("Cannot analyse the spine:"), analyse)
+        self._onParameterNodeModified()
+
+    def onExportSpineButton(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Folder for the whole-spine report"), qt.QDir.homePath())
+        if folder:
+            self._exportAndOpen(folder, "spine.html", self.logic.exportSpineReport)
+
+    def _exportAndOpen(self, folder: str, page: str, export) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the report."), waitCursor=True):
+            export(folder)
+            slicer.util.showStatusMessage(_("Report written:") + f" {os.path.join(folder, page)}", 5000)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(os.path.join(folder, page)))
+
+    def onKeepAsBaselineButton(self) -> None:
+        self._followupMessage = self._runOnce(_("Cannot keep a baseline:"), lambda: self.logic.keepAsBaseline(self._parameterNode))
+        self._onParameterNodeModified()
+
+    def onBrowseBaselineFolder(self) -> None:
+        if self._parameterNode is None:
+            return
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Baseline result folder (results.json, spine.json)"), qt.QDir.homePath())
+        if folder:
+            with slicer.util.NodeModify(self._parameterNode.parameterNode):
+                self._parameterNode.followupBaselineFolder = folder
+                self._parameterNode.followupBaseline = None  # one baseline: the folder now
+
+    def onCompareButton(self) -> None:
+        self._followupMessage = None
+        self._followupMessage = self._runOnce(_("Cannot compare:"), lambda: self.logic.compareWithBaseline(self._parameterNode))
+        self._onParameterNodeModified()
+
+    def onExportFollowupButton(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Folder for the follow-up report"), qt.QDir.homePath())
+        if folder:
+            self._exportAndOpen(folder, "followup.html", self.logic.exportFollowupReport)
+
 
 #
 # VertebralMarrowLogic
@@ -619,6 +776,10 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
             print(row["segment"], row["adc_mean"], row["adc_class"], row["differential"])
         logic.exportReport("/tmp/vertebral-marrow-report")
         logic.exportDicom()  # inputs loaded from DICOM: SEG, SR and parametric map into the DICOM database
+        params.spineLabels = getNode("vertebrae_totalsegmentator")    # the whole spine
+        spine = logic.analyzeSpine(params)                            # spine table and tier overlay
+        logic.keepAsBaseline(params)      # ... then the follow-up study: process, analyzeSpine
+        rows = logic.compareWithBaseline(params)                      # follow-up table
     """
 
     def __init__(self) -> None:
@@ -629,6 +790,10 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         self._fittedAdcNode = None
         self._shownOverlay = None
         self._shownSegmentColors = None
+        self.lastSpineResult = None
+        self._spineInputs = None  # (T1, FS) of the last whole-spine reading, for its export
+        self._spineLabels = (None, None)  # (labels node, MTime, scheme), its line: the last read
+        self.lastFollowup = None
 
     def getParameterNode(self):
         return VertebralMarrowParameterNode(super().getParameterNode())
@@ -639,6 +804,8 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         self._fittedAdcNode = None
         self._shownOverlay = None
         self._shownSegmentColors = None
+        self.lastSpineResult = self._spineInputs = self.lastFollowup = None
+        self._spineLabels = (None, None)
 
     @staticmethod
     def application() -> HeadlessApp:
@@ -681,6 +848,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         parameterNode.resultsTable = published.table
         parameterNode.overlayVolume = published.overlay
         parameterNode.adcMapVolume = published.adc_map
+        followup_panel.link_time_point(published.table, parameterNode.spineTable)
         panel.set_overlay_palette(published.colors, parameterNode.colorBlindPalette)
         if showResult:
             self.showResult(parameterNode, result)
@@ -744,6 +912,89 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
             return dicom_out.export_dicom(study, result, folder, database)
         finally:
             app.scene.Clear(1)
+
+    # --- the whole spine and the follow-up ---
+
+    def spineLabelsLine(self, parameterNode) -> str:
+        """The scheme and the vertebrae of the chosen labels, as "Analyse spine" will read them
+        (read again only when the labels node or the scheme changed); InputError when they
+        cannot be read."""
+        node = parameterNode.spineLabels
+        segments = node.GetSegmentation().GetMTime() if node.IsA("vtkMRMLSegmentationNode") else 0
+        key = (node.GetID(), node.GetMTime(), segments, parameterNode.spineScheme)
+        if self._spineLabels[0] != key:
+            try:
+                labels = spine_panel.labels_from_parameters(slicer.mrmlScene, self.application(), parameterNode)
+                self._spineLabels = (key, spine_panel.labels_line(labels, parameterNode.spineScheme))
+            except InputError as error:
+                self._spineLabels = (key, error)
+        if isinstance(self._spineLabels[1], InputError):
+            raise self._spineLabels[1]
+        return self._spineLabels[1]
+
+    def analyzeSpine(self, parameterNode, progress: Optional[Callable[[float, str], None]] = None):
+        """Read the marrow of every vertebra the chosen labels hold, with the Inputs' ADC map
+        or DWI, T1 and FS and the drawn lesions (spine_analysis.analyze_spine, as the spine
+        command does); publish the spine table and the tier overlay (reusing the parameter
+        node's output nodes) and show the overlay in the slice views. Returns the SpineResult."""
+        if parameterNode is None:
+            raise ValueError("no parameter node")
+        inputs = spine_panel.spine_inputs(parameterNode, _dicomDatabase())
+        labels = spine_panel.labels_from_parameters(slicer.mrmlScene, self.application(), parameterNode)
+        spineOptions = spine_panel.spine_options_from_parameters(parameterNode)
+        spine_panel.check_reference_levels(labels, spineOptions.reference_levels)
+        result = analyze_spine(slicer.mrmlScene, labels, options=panel.options_from_parameters(parameterNode),
+                               spine_options=spineOptions, app=self.application(), progress=progress, **inputs)
+        spine_panel.replace_run_nodes(slicer.mrmlScene, self.lastSpineResult, result,
+                                      user_nodes=(parameterNode.adcVolume, *panel.present(parameterNode.dwiVolumes)))
+        self.lastSpineResult, self._spineInputs = result, (inputs["t1"], inputs["fs"])
+        table, overlay = spine_panel.publish_spine(slicer.mrmlScene, result, parameterNode.spineTable,
+                                                   parameterNode.spineOverlay)
+        followup_panel.link_time_point(parameterNode.resultsTable, table)
+        parameterNode.spineTable, parameterNode.spineOverlay = table, overlay
+        background = parameterNode.displayVolume if parameterNode.displayVolume is not None else result.adc_node
+        slicer.util.setSliceViewerLayers(background=background, label=overlay,
+                                         labelOpacity=float(parameterNode.overlayOpacity), fit=True)
+        return result
+
+    def exportSpineReport(self, folder) -> list:
+        """Write the spine command's report folder for the last whole-spine reading from a
+        private copy, so the user's scene is left as it was."""
+        if self.lastSpineResult is None:
+            raise ValueError("there is no whole-spine reading to export yet: press Analyse spine first")
+        return spine_panel.export_spine(self.lastSpineResult, folder, *self._spineInputs)
+
+    def keepAsBaseline(self, parameterNode) -> None:
+        """Make the current results and spine tables the follow-up's baseline (named so) and
+        clear the output nodes, so that the next Apply and Analyse spine write new ones."""
+        tables = followup_panel.current_tables(parameterNode)
+        if not tables:
+            raise InputError("there is no result to keep yet: press Apply or Analyse spine first")
+        for table in tables:
+            if not table.GetName().endswith(" (baseline)"):
+                table.SetName(table.GetName() + " (baseline)")
+        with slicer.util.NodeModify(parameterNode.parameterNode):
+            parameterNode.followupBaseline = tables[0]
+            parameterNode.followupBaselineFolder = ""
+            parameterNode.resultsTable = parameterNode.overlayVolume = parameterNode.adcMapVolume = None
+            parameterNode.spineTable = parameterNode.spineOverlay = None
+
+    def compareWithBaseline(self, parameterNode) -> list:
+        """Compare the current result (results and spine tables) with the chosen baseline
+        (core.followup.compare with the criteria's ResponseRules, as the followup command),
+        publish the follow-up table and return its rows."""
+        options = panel.options_from_parameters(parameterNode).resolved()
+        rows, before, after, folder = followup_panel.compare_with_baseline(parameterNode, options)
+        parameterNode.followupTable = followup_panel.followup_table_node(slicer.mrmlScene, rows, parameterNode.followupTable)
+        self.lastFollowup = (rows, options.criteria, before, after, folder)
+        return rows
+
+    def exportFollowupReport(self, folder) -> list:
+        """Write the followup command's report folder for the last comparison."""
+        if self.lastFollowup is None:
+            raise ValueError("there is no comparison to export yet: press Compare with baseline first")
+        rows, criteria, before, after, baselineFolder = self.lastFollowup
+        return followup_panel.export_followup(rows, criteria, folder, before, after, baselineFolder)
 
 
 #

@@ -1,11 +1,12 @@
 """What the Slicer application gives a scripted module at run time, on slicer-core's MRML.
 
-- `slicer.app` (qSlicerApplication): a temporary folder of its own (`temporaryPath`), the MRML scene, the application logic with the
+- `slicer.app` (qSlicerApplication): the MRML scene, the application logic with the
   segmentations logic registered, the module manager, a layout manager with the Red, Yellow and
   Green slice views (their slice and slice-composite nodes in the scene, as Slicer's layout
   manager makes them), translations (`translate(context, text)`), testing mode on (so
   slicer.util.tryWithErrorDisplay raises instead of showing a dialog, as under Slicer's
-  test runner) and a main window with a status bar.
+  test runner), a main window with a status bar and a temporary folder of its own
+  (`temporaryPath`).
 - `slicer.modules`: one entry per loaded module (`.path`, `.widgetRepresentation()`,
   `.logic()`), and `<Module>Instance` / `<Module>Widget` as qSlicerScriptedLoadableModule sets
   them.
@@ -126,6 +127,8 @@ class LayoutManager:
 
 class Application:
     """slicer.app for the rig."""
+
+    applicationName = "Slicer"  # QCoreApplication::applicationName, in the titles of Slicer's message boxes
 
     def __init__(self, scene, app_logic, segmentations_logic, translations=None):
         self._scene, self._app_logic = scene, app_logic

@@ -28,7 +28,7 @@ from .core.vertebra_schemes import (
 )
 from .errors import InputError
 from .mrml import (
-    array_of, get_segment_role, ijk_to_ras_of, load_segmentation, read_image_sitk, read_label_names, segment_ids,
+    _remove_with_helpers, array_of, get_segment_role, ijk_to_ras_of, load_segmentation, read_image_sitk, read_label_names, segment_ids,
     segment_name, segmentation_from_labelmap, segments_on_grid, volume_from_array,
 )
 
@@ -87,8 +87,7 @@ class SpineResult:
 def read_spine_labels(scene, app, path, scheme: str = "auto", label_names: Optional[Path] = None) -> SpineLabels:
     """Vertebra labels from a labelmap (.nii.gz, .nrrd) or a Slicer .seg.nrrd, with the scheme
     recognised from names (segment names, --label-names) or from label numbers and positions."""
-    if scheme not in SCHEME_CHOICES:
-        raise InputError(f"--scheme {scheme}: use one of {', '.join(SCHEME_CHOICES)}")
+    _check_scheme_choice(scheme)
     if str(path).lower().endswith(".seg.nrrd"):
         segmentation = load_segmentation(scene, app, path)
         array, ijk_to_ras, names = _segmentation_as_labels(scene, app, segmentation)
@@ -98,21 +97,67 @@ def read_spine_labels(scene, app, path, scheme: str = "auto", label_names: Optio
             raise InputError(f"vertebra labels {path} are {array.ndim}-D; a 3-D labelmap is needed")
         array = np.rint(array).astype(np.int32)
         names = read_label_names(label_names) if label_names else {}
+    return spine_labels(array, ijk_to_ras, names, scheme, f"vertebra labels {path}", "with --label-names")
+
+
+def spine_labels_from_node(scene, app, node, scheme: str = "auto") -> SpineLabels:
+    """Vertebra labels from a segmentation node (named by its segment names) or a labelmap
+    volume node (named by its color table when that names vertebrae, as a color table read
+    with the labelmap would; else read by label numbers and positions), as read_spine_labels
+    reads files."""
+    _check_scheme_choice(scheme)
+    what = f"vertebra labels '{node.GetName()}'"
+    if node.IsA("vtkMRMLSegmentationNode"):
+        if not segment_ids(node):
+            raise InputError(f"{what} hold no segment")
+        array, ijk_to_ras, names = _segmentation_as_labels(scene, app, node)
+    elif node.IsA("vtkMRMLLabelMapVolumeNode"):
+        if node.GetImageData() is None:
+            raise InputError(f"{what} hold no image")
+        array, ijk_to_ras = np.rint(array_of(node)).astype(np.int32), ijk_to_ras_of(node)
+        names = _vertebra_color_names(node, array)
+    else:
+        raise InputError(f"{what}: choose a segmentation or a labelmap volume")
+    return spine_labels(array, ijk_to_ras, names, scheme, what, "as segment names or in the labelmap's color table")
+
+
+def _vertebra_color_names(labelmap, array: np.ndarray) -> Dict[int, str]:
+    """The names a labelmap's color table gives its labels, when they name a vertebra; {} for
+    the generic tables Slicer gives a labelmap loaded without its own ('tissue', 'bone')."""
+    display = labelmap.GetDisplayNode()
+    colors = display.GetColorNode() if display is not None else None
+    if colors is None:
+        return {}
+    names = {int(v): colors.GetColorName(int(v)) for v in np.unique(array) if v > 0 and colors.GetColorName(int(v))}
+    return names if any(s.kind == "vertebra" for s in structures_from_names(names).values()) else {}
+
+
+def _check_scheme_choice(scheme: str) -> None:
+    if scheme not in SCHEME_CHOICES:
+        raise InputError(f"--scheme {scheme}: use one of {', '.join(SCHEME_CHOICES)}")
+
+
+def spine_labels(array: np.ndarray, ijk_to_ras: np.ndarray, names: Dict[int, str], scheme: str, what: str,
+                 naming: str) -> SpineLabels:
+    """The labels' structures: from `names` (scheme names, or auto when there are names), else
+    the scheme recognised from label numbers and positions; `what` and `naming` (how the user
+    names labels) go into the messages."""
     values = [int(v) for v in np.unique(array) if v > 0]
     if not values:
-        raise InputError(f"vertebra labels {path} hold no label (all voxels are 0)")
+        raise InputError(f"{what} hold no label (all voxels are 0)")
     if scheme == "names" or (scheme == "auto" and names):
         if not names:
-            raise InputError("--scheme names needs names: a .seg.nrrd or --label-names")
+            raise InputError(f"scheme 'names' needs names: give them {naming}")
         structures = structures_from_names({v: names[v] for v in values if v in names})
         used = "names"
     else:
         candidates = list(SCHEMES) if scheme == "auto" else list(FAMILIES[scheme])
-        used = detect_scheme(values, label_centroids_s(array, ijk_to_ras), candidates)
+        used = detect_scheme(values, label_centroids_s(array, ijk_to_ras), candidates,
+                             f"name the labels {naming} and choose the scheme 'names'")
         structures = scheme_structures(used, values)
     if not any(s.kind == "vertebra" for s in structures.values()):
-        raise InputError(f"no vertebra found in {path} (names or labels name no level C1-S1); "
-                         "name them (e.g. 'L1' or 'vertebrae_L1') with --label-names")
+        raise InputError(f"no vertebra found in {what} (names or labels name no level C1-S1); "
+                         f"name them (e.g. 'L1' or 'vertebrae_L1') {naming}")
     return SpineLabels(array, ijk_to_ras, structures, used)
 
 
@@ -129,7 +174,7 @@ def _segmentation_as_labels(scene, app, segmentation) -> Tuple[np.ndarray, np.nd
         raise InputError(f"cannot export the segments of '{segmentation.GetName()}'")
     array = np.array(array_of(labelmap)).astype(np.int32)
     ijk_to_ras = ijk_to_ras_of(labelmap)
-    scene.RemoveNode(labelmap)
+    _remove_with_helpers(scene, labelmap)
     return array, ijk_to_ras, {n: segment_name(segmentation, sid) for n, sid in enumerate(ids, 1)}
 
 
@@ -323,7 +368,7 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
         names[n] = f"{level} disc"
     roi_node = volume_from_array(scene, rois, labels.ijk_to_ras, "vertebral bodies", labelmap=True)
     segmentation = segmentation_from_labelmap(scene, app, roi_node, names, "Vertebral marrow ROIs")
-    scene.RemoveNode(roi_node)
+    _remove_with_helpers(scene, roi_node)
     ids = segment_ids(segmentation)
     id_names = [segment_name(segmentation, sid) for sid in ids]
 
@@ -444,7 +489,7 @@ def _place_lesions(scene, app, lesions, labels: SpineLabels, vertebrae) -> List[
             return []
         on_grid = segments_on_grid(scene, app, lesions, ids, label_node)
     finally:
-        scene.RemoveNode(label_node)
+        _remove_with_helpers(scene, label_node)
     centres = {level: _ras(labels.ijk_to_ras, np.nonzero(labels.array == value)).mean(axis=0) for _, level, value in vertebrae}
     placed = []
     for layer, layer_ids in zip(on_grid.labels, on_grid.ids_per_layer):

@@ -144,11 +144,12 @@ def structures_from_names(names: Dict[int, str]) -> Dict[int, Structure]:
     return found
 
 
-def detect_scheme(values: Sequence[int], centroids_s_mm: Dict[int, float], candidates: Sequence[str]) -> str:
+def detect_scheme(values: Sequence[int], centroids_s_mm: Dict[int, float], candidates: Sequence[str],
+                  naming: str = "give --scheme names with --label-names") -> str:
     """The scheme among `candidates` that names the most vertebrae among the labels present,
     whose labels all lie within its class map, and whose level order runs with the labels'
     superior-inferior positions (`centroids_s_mm`: label value -> mean S coordinate). Raises
-    InputError when none fits."""
+    InputError when none fits, ending with `naming` (how to name the labels instead)."""
     present = sorted(int(v) for v in values if v > 0)
     verdicts: List[Tuple[int, float, str]] = []
     reasons = []
@@ -175,7 +176,7 @@ def detect_scheme(values: Sequence[int], centroids_s_mm: Dict[int, float], candi
         verdicts.append((len(vertebrae), agreement, scheme))
     if not verdicts:
         raise InputError("the labels fit no known vertebra scheme (" + "; ".join(reasons) +
-                         "); give --scheme names with --label-names")
+                         f"); {naming}")
     verdicts.sort(reverse=True)
     return verdicts[0][2]
 

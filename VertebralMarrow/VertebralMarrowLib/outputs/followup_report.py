@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import html
 import json
+import math
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 from .. import DISCLAIMER
 from ..core.criteria import load_criteria
@@ -22,21 +23,74 @@ RESPONSE_COLOURS = {"RAC1": "#1a9641", "RAC2": "#a6d96a", "RAC3": "#888888", "RA
 def read_timepoint(folder) -> List[Reading]:
     """Lesion rows of results.json and vertebra rows of spine.json in a result folder."""
     folder = Path(folder)
-    readings = []
     results, spine = folder / "results.json", folder / "spine.json"
     if not results.is_file() and not spine.is_file():
         raise InputError(f"{folder} holds neither results.json nor spine.json: give a folder written by analyze, demo or spine")
     try:
-        if results.is_file():
-            for row in json.loads(results.read_text(encoding="utf-8"))["rows"]:
-                if row["role"] == "lesion":
-                    readings.append(Reading(row["segment"], "lesion", row["adc_mean"], row["adc_class"], row.get("volume_ml")))
-        if spine.is_file():
-            for row in json.loads(spine.read_text(encoding="utf-8"))["rows"]:
-                readings.append(Reading(row["level"], "vertebra", row["adc_mean"], row["tier"]))
-    except (json.JSONDecodeError, KeyError) as exc:
+        lesion_rows = json.loads(results.read_text(encoding="utf-8"))["rows"] if results.is_file() else []
+        vertebra_rows = json.loads(spine.read_text(encoding="utf-8"))["rows"] if spine.is_file() else []
+        return readings_from_rows(lesion_rows, vertebra_rows)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise InputError(f"{folder}: results.json or spine.json is not VertebralMarrow's ({exc})") from None
-    return readings
+
+
+def readings_from_rows(lesion_rows: Sequence[dict], vertebra_rows: Sequence[dict]) -> List[Reading]:
+    """The lesions of results rows (segment, role, adc_mean, adc_class, volume_ml) and the
+    vertebrae of spine rows (level, adc_mean, tier), as one time point."""
+    readings = [Reading(row["segment"], "lesion", row["adc_mean"], row["adc_class"], row.get("volume_ml"))
+                for row in lesion_rows if row["role"] == "lesion"]
+    return readings + [Reading(row["level"], "vertebra", row["adc_mean"], row["tier"]) for row in vertebra_rows]
+
+
+# The columns a table must hold to be read as a time point: results.csv's or spine.csv's.
+LESION_TABLE_COLUMNS = ("segment", "role", "adc_mean", "adc_class")
+SPINE_TABLE_COLUMNS = ("level", "adc_mean", "tier")
+NUMBER_COLUMNS = ("adc_mean", "volume_ml")
+
+
+def readings_from_table(table_node) -> List[Reading]:
+    """One time point from a table node holding results.csv's or spine.csv's columns: a table
+    the Slicer panel published, or either CSV file loaded into Slicer (text columns)."""
+    name = table_node.GetName()
+    table = table_node.GetTable()
+    columns = [table_node.GetColumnName(c) for c in range(table_node.GetNumberOfColumns())]
+    kind = next((k for k, needed in (("lesion", LESION_TABLE_COLUMNS), ("vertebra", SPINE_TABLE_COLUMNS))
+                 if all(column in columns for column in needed)), None)
+    if kind is None:
+        lacking = [c for c in SPINE_TABLE_COLUMNS if c not in columns] if "level" in columns else \
+            [c for c in LESION_TABLE_COLUMNS if c not in columns]
+        raise InputError(f"table '{name}' is no VertebralMarrow result: it has no {', '.join(lacking)} column "
+                         "(a results table needs segment, role, adc_mean, adc_class; a spine table level, adc_mean, tier)")
+    wanted = (LESION_TABLE_COLUMNS + ("volume_ml",)) if kind == "lesion" else SPINE_TABLE_COLUMNS
+    rows = []
+    for row in range(table_node.GetNumberOfRows()):
+        values = {}
+        for column in wanted:
+            array = table.GetColumnByName(column)
+            if array is None:
+                values[column] = None
+            elif column in NUMBER_COLUMNS:
+                values[column] = _number(array, row, f"table '{name}', row {row + 1}, {column}")
+            else:
+                values[column] = table_node.GetCellText(row, columns.index(column))
+        rows.append(values)
+    return readings_from_rows(rows, []) if kind == "lesion" else readings_from_rows([], rows)
+
+
+def _number(array, row: int, where: str) -> Optional[float]:
+    """A cell as a float (None when empty or not finite): numeric columns directly, text
+    columns (a CSV file loaded as a table) parsed."""
+    if array.IsNumeric():
+        value = float(array.GetTuple1(row))
+    else:
+        text = array.GetValue(row).strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise InputError(f"{where}: '{text}' is not a number") from None
+    return value if math.isfinite(value) else None
 
 
 def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Path] = None) -> List[dict]:
@@ -44,6 +98,18 @@ def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Pa
     criteria = load_criteria(criteria_path)
     rules = ResponseRules.from_criteria(criteria)
     rows = compare(read_timepoint(baseline_dir), read_timepoint(followup_dir), rules)
+    out = Path(out_dir)
+    # Relative to this folder, so that the record holds when the folders move together.
+    write_followup_outputs(rows, criteria, out, os.path.relpath(baseline_dir, out), os.path.relpath(followup_dir, out),
+                           [("baseline", Path(baseline_dir)), ("follow-up", Path(followup_dir))])
+    return rows
+
+
+def write_followup_outputs(rows: List[dict], criteria: dict, out_dir, baseline: str, followup: str,
+                           snapshot_folders: Sequence[Tuple[str, Path]] = ()) -> List[Path]:
+    """followup.csv, followup.json, followup.png and followup.html of compared `rows` in
+    `out_dir`; `baseline` and `followup` say where each time point came from, and the pictures
+    of the result folders in `snapshot_folders` ((label, folder)) are shown before and after."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "followup.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -54,8 +120,7 @@ def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Pa
     follow = criteria["followup"]
     document = {
         "disclaimer": DISCLAIMER + " The categories read the ADC only; MET-RADS-P also weighs the high-b signal and the morphology.",
-        # Relative to this folder, so that the record holds when the folders move together.
-        "baseline": os.path.relpath(baseline_dir, out), "followup": os.path.relpath(followup_dir, out),
+        "baseline": baseline, "followup": followup,
         "rows": rows,
         "criteria": {"reproducibility_pct": follow["reproducibility_pct"], "metradsp": follow["metradsp"],
                      "myrads": follow["myrads"], "marrow_max": criteria["adc_tiers"]["marrow_max"]},
@@ -64,8 +129,8 @@ def run_followup(baseline_dir, followup_dir, out_dir, criteria_path: Optional[Pa
     }
     (out / "followup.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
     picture = _plot(rows, out / "followup.png")
-    _page(document, rows, out / "followup.html", picture, Path(baseline_dir), Path(followup_dir))
-    return rows
+    page = _page(document, rows, out / "followup.html", picture, snapshot_folders)
+    return [out / "followup.csv", out / "followup.json", *([picture] if picture else []), page]
 
 
 def _plot(rows: List[dict], path: Path):
@@ -99,12 +164,12 @@ def _plot(rows: List[dict], path: Path):
     return path
 
 
-def _page(document: dict, rows: List[dict], path: Path, picture, baseline: Path, followup: Path) -> Path:
+def _page(document: dict, rows: List[dict], path: Path, picture, snapshot_folders: Sequence[Tuple[str, Path]]) -> Path:
     e = html.escape
     header = "".join(f"<th>{e(name)}</th>" for name in FOLLOWUP_COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{e(cell(row[name]))}</td>" for name in FOLLOWUP_COLUMNS) + "</tr>" for row in rows)
     snapshots = ""
-    for label, folder in (("baseline", baseline), ("follow-up", followup)):
+    for label, folder in snapshot_folders:
         for name in ("spine.png", "overview.png"):
             if (folder / name).is_file():
                 snapshots += (f'<figure><img src="{e(os.path.relpath(folder / name, path.parent))}" width="480">'

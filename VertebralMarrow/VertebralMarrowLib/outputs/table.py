@@ -179,22 +179,26 @@ def vtk_array(kind: str, name: str):
 def results_table_node(scene, result: AnalysisResult, node=None):
     """A table node with one row per segment, column units and descriptions."""
     table = node or scene.AddNewNodeByClass("vtkMRMLTableNode", "VertebralMarrow results")
+    fill_table_node(table, result.rows, COLUMNS, TEXT_COLUMNS)
+    table.SetAttribute("VertebralMarrow.Disclaimer", result.disclaimer)
+    return table
+
+
+def fill_table_node(table, rows, columns, text_columns) -> None:
+    """Replace a table node's columns: `columns` as (name, unit, description), one row per
+    dict of `rows`; numbers as doubles (NaN when missing), `text_columns` as text."""
     table.RemoveAllColumns()
-    for name, unit, description in COLUMNS:
-        numeric = name not in TEXT_COLUMNS
+    for name, unit, description in columns:
+        numeric = name not in text_columns
         column = vtk_array("double" if numeric else "string", name)
-        for row in result.rows:
+        for row in rows:
             value = row[name]
             if numeric:
                 column.InsertNextValue(float("nan") if value is None else float(value))
             else:
-                column.InsertNextValue("" if value is None else str(value))
+                column.InsertNextValue(cell(value))
         # Filled before it is added: AddColumn pads a new column to the table's row count.
         table.AddColumn(column)
         table.SetColumnUnitLabel(name, unit)
         table.SetColumnDescription(name, description)
     table.Modified()
-    table.SetAttribute("VertebralMarrow.Disclaimer", result.disclaimer)
-    return table
-
-

@@ -13,6 +13,10 @@ concept, so that everything they decide can be tested on real MRML nodes:
 - differential_text.py: the differential as the panel's text box shows it; the citations;
 - self_test.py: the small study the module's self-test analyses, with its answers.
 
+The "Whole spine" and "Follow-up" sections have their own namespaces, imported beside this
+one: spine.py (labels, settings, table, tier overlay, summary, report folder) and followup.py
+(baseline, comparison, table, summary, report folder).
+
 Like the rest of VertebralMarrowLib it imports no Qt and never touches slicer.app,
 slicer.mrmlScene or slicer.modules.
 """

@@ -5,7 +5,7 @@ why Apply cannot run yet."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..analysis import StudyNodes
 from ..core.criteria import SETTINGS, Options
@@ -54,17 +54,7 @@ def study_from_parameters(params, dicom_database=None) -> StudyNodes:
     dicom_database: Slicer's, to check the ADC map by its DICOM header (series.adc_map_problem)."""
     if params.segmentation is None:
         raise InputError("select the segmentation that holds the lesion and normal-marrow ROIs")
-    dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
-    if params.adcVolume is not None and dwi_given:
-        raise InputError("select either an ADC map or DWI (sequence or volumes), not both")
-    if params.adcVolume is None and not dwi_given:
-        raise InputError("select an ADC map, or DWI (a multi-b sequence or one volume per b-value) to fit one")
-    problem = adc_map_problem(params.adcVolume, dicom_database)
-    if problem:
-        raise InputError(problem)
-    dwi, bvalues = ([], [])
-    if dwi_given:
-        dwi, bvalues, _ = dwi_inputs(params.dwiSequence, params.dwiVolumes, params.bvalues)
+    dwi, bvalues = adc_inputs(params, dicom_database)
     return StudyNodes(
         segmentation=params.segmentation,
         adc=params.adcVolume,
@@ -73,6 +63,23 @@ def study_from_parameters(params, dicom_database=None) -> StudyNodes:
         # t1, t2, fs, ct, in/opposed phase, fat fraction: the one table of the image inputs
         **{sequence.key: getattr(params, sequence.parameter, None) for sequence in SEQUENCES},
     )
+
+
+def adc_inputs(params, dicom_database=None) -> Tuple[list, list]:
+    """(DWI volumes, b-values) the ADC is fitted from, ([], []) when the ADC map is chosen;
+    InputError when there is no ADC source, both, or an ADC map that is none."""
+    dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
+    if params.adcVolume is not None and dwi_given:
+        raise InputError("select either an ADC map or DWI (sequence or volumes), not both")
+    if params.adcVolume is None and not dwi_given:
+        raise InputError("select an ADC map, or DWI (a multi-b sequence or one volume per b-value) to fit one")
+    problem = adc_map_problem(params.adcVolume, dicom_database)
+    if problem:
+        raise InputError(problem)
+    if not dwi_given:
+        return [], []
+    dwi, bvalues, _ = dwi_inputs(params.dwiSequence, params.dwiVolumes, params.bvalues)
+    return dwi, bvalues
 
 
 def present(nodes) -> list:
@@ -88,6 +95,11 @@ def apply_blocker(params, dicom_database=None) -> str:
         return "No parameter node."
     if params.segmentation is None:
         return "Select the segmentation with the lesion and normal-marrow ROIs."
+    return adc_blocker(params, dicom_database)
+
+
+def adc_blocker(params, dicom_database=None) -> str:
+    """Why the ADC inputs cannot be used yet (a sentence), or "" when they can."""
     dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
     if params.adcVolume is None and not dwi_given:
         return "Select an ADC map, or DWI (a multi-b sequence or volumes) to fit one."
