@@ -544,3 +544,30 @@ def test_rig_node_combo_box_follows_qmrmlnodecombobox(rig):
     scene.RemoveNode(d)                                               # CTK: no signal on row removal
     assert changes == [1] and checkable.checkedNodes() == []
     assert isinstance(slicer.qMRMLNodeComboBox(), widgets.qMRMLNodeComboBox)
+
+
+def test_apply_again_with_dwi_leaves_no_node_of_the_first_run(shown):
+    """Each Apply on DWI fits a new ADC map shown in the slice views; the previous one goes with
+    its display and storage nodes (removed first, the map would get a new display node from the
+    view still showing it), and the outputs are reused: a second Apply adds no node."""
+    from collections import Counter
+
+    rig, module, parent, widget = shown
+    s, _ = study(module, rig, dwi=True)
+    params = widget.logic.getParameterNode()
+    params.segmentation = s.segmentation
+    params.dwiVolumes = list(s.dwi)
+    params.bvalues = ""  # from the volumes, as the self-test study carries them
+    assert widget.ui.applyButton.enabled, widget.ui.applyButton.toolTip
+    widget.ui.applyButton.click()
+    first = widget.logic.lastResult.adc_node
+
+    def classes():
+        return Counter(rig.scene.GetNthNode(n).GetClassName() for n in range(rig.scene.GetNumberOfNodes()))
+
+    before = classes()
+    widget.ui.applyButton.click()
+    assert widget.logic.lastResult.adc_node is not first and first.GetScene() is None
+    change = classes()
+    change.subtract(before)
+    assert {kind: n for kind, n in change.items() if n} == {}

@@ -43,7 +43,7 @@ from VertebralMarrowLib.slicer_panel import dicom_out, panel, series
 from VertebralMarrowLib.slicer_panel import followup as followup_panel
 from VertebralMarrowLib.slicer_panel import spine as spine_panel
 from VertebralMarrowLib.spine_analysis import SCHEME_CHOICES, analyze_spine
-from VertebralMarrowLib.mrml import HeadlessApp
+from VertebralMarrowLib.mrml import HeadlessApp, remove_with_helpers
 
 try:
     from slicer.i18n import tr as _
@@ -823,10 +823,10 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         VertebralMarrowLib.criteria.Options; nothing is published or shown."""
         result = analysis.analyze(slicer.mrmlScene, study, options, app=self.application(),
                                   progress=progress, cancelled=cancelled)
-        # A fitted ADC map is a new node each run: the previous run's one goes.
+        # A fitted ADC map is a new node each run: the previous run's one goes, with its helpers.
         if self._fittedAdcNode is not None and self._fittedAdcNode is not result.adc_node \
                 and self._fittedAdcNode.GetScene() is slicer.mrmlScene:
-            slicer.mrmlScene.RemoveNode(self._fittedAdcNode)
+            remove_with_helpers(slicer.mrmlScene, self._fittedAdcNode)
         self._fittedAdcNode = result.adc_node if study.adc is None else None
         self.lastStudy, self.lastResult = study, result
         return result

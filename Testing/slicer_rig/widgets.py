@@ -29,6 +29,8 @@ name them; the module does not use them.
 
 from __future__ import annotations
 
+import weakref
+
 import vtk
 from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Property, Signal
@@ -137,16 +139,24 @@ class qMRMLNodeComboBox(PythonQtObject, QtWidgets.QWidget):
                 self._scene.RemoveObserver(tag)
         self._scene, self._tags = scene, []
         if scene is not None:
+            box = weakref.ref(self)  # observers never keep a box alive, nor call one being collected
+
             def added(caller, event, node):
-                self._onNodeAdded(node)
+                if box() is not None:
+                    box()._onNodeAdded(node)
 
             def removing(caller, event, node):
-                self._onNodeAboutToBeRemoved(node)
+                if box() is not None:
+                    box()._onNodeAboutToBeRemoved(node)
+
+            def batch_end(caller, event):
+                if box() is not None:
+                    box()._onBatchEnd()
 
             added.CallDataType = removing.CallDataType = vtk.VTK_OBJECT
             self._tags = [scene.AddObserver(scene.NodeAddedEvent, added),
                           scene.AddObserver(scene.NodeAboutToBeRemovedEvent, removing),
-                          scene.AddObserver(scene.EndBatchProcessEvent, lambda caller, event: self._onBatchEnd())]
+                          scene.AddObserver(scene.EndBatchProcessEvent, batch_end)]
         self._refresh()
         if self._current not in self._nodes:
             self._setCurrent(None)
@@ -296,7 +306,9 @@ class qMRMLTableView(PythonQtObject, QtWidgets.QTableView):
             self._table.RemoveObserver(self._tag)
         self._table, self._tag = node, None
         if node is not None:
-            self._tag = node.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda caller, event: self._fill())
+            view = weakref.ref(self)  # as the combo boxes' observers
+            self._tag = node.AddObserver(vtk.vtkCommand.ModifiedEvent,
+                                         lambda caller, event: view() is not None and view()._fill())
         self._fill()
 
     def mrmlTableNode(self):

@@ -403,7 +403,7 @@ def _export_with_logic(scene, logic, segmentation_node, layer_ids: List[str], vo
             raise InputError(f"cannot export segments of '{segmentation_node.GetName()}' onto '{volume_node.GetName()}'")
         return np.array(slicer.util.arrayFromVolume(labelmap))
     finally:
-        _remove_with_helpers(scene, labelmap)
+        remove_with_helpers(scene, labelmap, colors=True)  # the export made its colour table
 
 
 def segment_fractions_on_grid(scene, app: Optional[HeadlessApp], segmentation_node, segment_id: str, volume_node,
@@ -436,10 +436,7 @@ def segment_fractions_on_grid(scene, app: Optional[HeadlessApp], segmentation_no
     try:
         on_fine = segments_on_grid(scene, app, segmentation_node, [segment_id], fine).labels
     finally:
-        display = fine.GetDisplayNode()
-        if display is not None:
-            scene.RemoveNode(display)
-        scene.RemoveNode(fine)
+        remove_with_helpers(scene, fine)
     if not on_fine:
         return np.zeros(0, np.int64), np.zeros(0)
     blocks = (on_fine[0] > 0).reshape(count[2], factor, count[1], factor, count[0], factor)
@@ -462,15 +459,19 @@ def _check_export_size(segmentation_node, volume_node) -> None:
     check_grid_size(voxels, f"the segments of '{segmentation_node.GetName()}' on the grid of '{volume_node.GetName()}'")
 
 
-def _remove_with_helpers(scene, labelmap_node) -> None:
-    """Remove an exported labelmap and the display and color nodes the export made for it."""
-    display = labelmap_node.GetDisplayNode()
-    color = display.GetColorNode() if display else None
-    if color is not None and not color.GetSingletonTag():  # default color nodes are singletons
-        scene.RemoveNode(color)
-    if display is not None:
-        scene.RemoveNode(display)
-    scene.RemoveNode(labelmap_node)
+def remove_with_helpers(scene, node, colors: bool = False) -> None:
+    """Remove a node the library made, then its display and storage nodes (and, with `colors`,
+    the colour tables its displays were given, but never a shared default one). The node goes
+    first: a slice view still showing a volume gives it a new display node when its own goes."""
+    displays = [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())] \
+        if hasattr(node, "GetNumberOfDisplayNodes") else []
+    helpers = displays + [node.GetStorageNode() if hasattr(node, "GetStorageNode") else None]
+    if colors:
+        helpers += [d.GetColorNode() for d in displays if d is not None and hasattr(d, "GetColorNode")]
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and helper.GetScene() is scene and not helper.GetSingletonTag():
+            scene.RemoveNode(helper)
 
 
 def _fractions_outside(segmentation_node, ids: Sequence[str], volume_node) -> Dict[str, float]:

@@ -28,8 +28,8 @@ from .core.vertebra_schemes import (
 )
 from .errors import InputError
 from .mrml import (
-    _remove_with_helpers, array_of, get_segment_role, ijk_to_ras_of, load_segmentation, read_image_sitk, read_label_names, segment_ids,
-    segment_name, segmentation_from_labelmap, segments_on_grid, volume_from_array,
+    array_of, get_segment_role, ijk_to_ras_of, load_segmentation, read_image_sitk, read_label_names, segment_ids,
+    remove_with_helpers, segment_name, segmentation_from_labelmap, segments_on_grid, volume_from_array,
 )
 
 SCHEME_CHOICES = ("auto", "totalsegmentator", "totalspineseg", "names")
@@ -174,7 +174,7 @@ def _segmentation_as_labels(scene, app, segmentation) -> Tuple[np.ndarray, np.nd
         raise InputError(f"cannot export the segments of '{segmentation.GetName()}'")
     array = np.array(array_of(labelmap)).astype(np.int32)
     ijk_to_ras = ijk_to_ras_of(labelmap)
-    _remove_with_helpers(scene, labelmap)
+    remove_with_helpers(scene, labelmap, colors=True)
     return array, ijk_to_ras, {n: segment_name(segmentation, sid) for n, sid in enumerate(ids, 1)}
 
 
@@ -368,7 +368,7 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
         names[n] = f"{level} disc"
     roi_node = volume_from_array(scene, rois, labels.ijk_to_ras, "vertebral bodies", labelmap=True)
     segmentation = segmentation_from_labelmap(scene, app, roi_node, names, "Vertebral marrow ROIs")
-    _remove_with_helpers(scene, roi_node)
+    remove_with_helpers(scene, roi_node, colors=True)
     ids = segment_ids(segmentation)
     id_names = [segment_name(segmentation, sid) for sid in ids]
 
@@ -489,7 +489,7 @@ def _place_lesions(scene, app, lesions, labels: SpineLabels, vertebrae) -> List[
             return []
         on_grid = segments_on_grid(scene, app, lesions, ids, label_node)
     finally:
-        _remove_with_helpers(scene, label_node)
+        remove_with_helpers(scene, label_node, colors=True)
     centres = {level: _ras(labels.ijk_to_ras, np.nonzero(labels.array == value)).mean(axis=0) for _, level, value in vertebrae}
     placed = []
     for layer, layer_ids in zip(on_grid.labels, on_grid.ids_per_layer):

@@ -24,7 +24,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..core.classes import CLASSES, OUTSIDE, class_text
-from ..mrml import ijk_to_ras_of, segments_on_grid, volume_from_array
+from ..mrml import ijk_to_ras_of, remove_with_helpers, segments_on_grid, volume_from_array
 from .nodes import CLASS_COLORS
 
 VIEW_PIXELS = 320          # each slice view is drawn at this size and pasted 1:1 into the PNG (0.375 mm per pixel)
@@ -282,11 +282,7 @@ def roi_outlines(scene, segmentation, ids: Sequence[str], grid_node, on_grid=Non
     try:
         yield node, roi_ids
     finally:
-        displays = [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())]
-        scene.RemoveNode(node)
-        for display in displays:
-            if display is not None and display.GetScene() is scene:
-                scene.RemoveNode(display)
+        remove_with_helpers(scene, node)
 
 
 def _anatomy_volume(study) -> Tuple[str, Optional[object]]:

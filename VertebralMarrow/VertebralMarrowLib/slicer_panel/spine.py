@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..outputs.nodes import _on_adc_grid, class_color_node
 from ..outputs.table import COLUMNS as RESULT_COLUMNS
 from ..outputs.table import fill_table_node
+from ..mrml import remove_with_helpers
 from ..spine_analysis import SpineLabels, SpineOptions, SpineResult, spine_labels_from_node
 from .parameters import adc_blocker, adc_inputs
 from .publish import _class_colors, export_copy
@@ -214,11 +215,7 @@ def replace_run_nodes(scene, previous: Optional[SpineResult], result: SpineResul
         for node in (previous.segmentation, previous.adc_node):
             if node is None or node is result.adc_node or node.GetScene() is not scene or any(node is n for n in user_nodes):
                 continue
-            helpers = [node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes())] + [node.GetStorageNode()]
-            # The node first: a slice view showing a volume without a display node makes it a new one.
-            for helper in [node] + helpers:
-                if helper is not None:
-                    scene.RemoveNode(helper)
+            remove_with_helpers(scene, node)
     if result.segmentation.GetDisplayNode() is not None:
         result.segmentation.GetDisplayNode().SetVisibility(False)
 
