@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from typing import Annotated, Callable, List, Optional, Union
 
 import qt
@@ -38,8 +39,8 @@ from VertebralMarrowLib import analysis
 from VertebralMarrowLib.core.criteria import SETTING
 from VertebralMarrowLib.errors import InputError
 from VertebralMarrowLib.outputs import folder as output_folder
+from VertebralMarrowLib.slicer_panel import dicom_out, panel, series
 from VertebralMarrowLib.slicer_panel import followup as followup_panel
-from VertebralMarrowLib.slicer_panel import panel, series
 from VertebralMarrowLib.slicer_panel import spine as spine_panel
 from VertebralMarrowLib.spine_analysis import SCHEME_CHOICES, analyze_spine
 from VertebralMarrowLib.mrml import HeadlessApp, remove_with_helpers
@@ -80,7 +81,8 @@ class VertebralMarrow(ScriptedLoadableModule):
             "ranked differential with the reasons for each entity.<br/><br/>"
             "Draw lesion and normal-marrow ROIs as segments, give each segment its role, choose the volumes "
             "and press Apply. Export writes a report folder (CSV, JSON, overlay, snapshots, HTML report and "
-            "a scene).<br/><br/>"
+            "a scene); Export DICOM, when the ADC map or DWI came from the DICOM module, adds DICOM SEG, SR and "
+            "parametric map to Slicer's DICOM database.<br/><br/>"
         ) + "<b>" + _(DISCLAIMER) + "</b><br/>" + _("Version") + f" {__version__}."
         self.parent.acknowledgementText = _(
             "The thresholds and entity values come from the published sources below; numbers marked "
@@ -96,6 +98,11 @@ class VertebralMarrow(ScriptedLoadableModule):
 def _default(name: str):
     """A setting's default (core.criteria.SETTINGS: from criteria.json where it is a clinical number)."""
     return SETTING[name].default_value()
+
+
+def _dicomDatabase():
+    """Slicer's DICOM database (None where the DICOM module is not loaded)."""
+    return getattr(slicer, "dicomDatabase", None)
 
 
 def _within(name: str) -> WithinRange:
@@ -265,6 +272,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Buttons and the widgets not bound to the parameter node
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
         self.ui.criteriaFileBrowseButton.connect("clicked(bool)", self.onBrowseCriteriaFile)
         self.ui.dwiVolumesSelector.connect("checkedNodesChanged()", self.onDwiVolumesChanged)
         self.ui.lesionComboBox.connect("currentIndexChanged(int)", self.onLesionChanged)
@@ -347,7 +355,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         chosen = {name: getattr(parameters, name) for name in
                   ("adcVolume", "dwiSequence", "dwiVolumes", "t1Volume", "t2Volume", "fsVolume", "ctVolume")}
-        proposals = series.preselection(slicer.mrmlScene, chosen)
+        proposals = series.preselection(slicer.mrmlScene, chosen, _dicomDatabase())
         if proposals:
             with slicer.util.NodeModify(parameters.parameterNode):
                 for name, node in proposals.items():
@@ -377,7 +385,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._applying:
             return
-        blocker = _(panel.apply_blocker(self._parameterNode)) if self._parameterNode else _("No parameter node.")
+        blocker = _(panel.apply_blocker(self._parameterNode, _dicomDatabase())) if self._parameterNode else _("No parameter node.")
         if not blocker:
             self.ui.applyButton.toolTip = _("Measure every ROI, classify the lesions and rank their differential")
             self.ui.applyButton.enabled = True
@@ -531,6 +539,11 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.differentialBrowser.setHtml(panel.differential_html(document, combo.currentText or None))
             self._shownDifferential = shown
         self.ui.exportButton.enabled = self.logic.lastResult is not None
+        blocker = self.logic.dicomExportBlocker()
+        self.ui.exportDicomButton.enabled = not blocker
+        self.ui.exportDicomButton.toolTip = _(blocker) if blocker else _(
+            "Write the last analysis as DICOM SEG (the ROIs), SR (the measurements, TID 1500) and parametric "
+            "map (the ADC) on the series the ADC came from, and add them to Slicer's DICOM database")
 
     def _showUnitsInHeaders(self, table, view=None) -> None:
         """Units in the results' column headers (the view shows bare names; it rebuilds its
@@ -615,6 +628,13 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if os.path.isfile(report):
                 qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report))
 
+    def onExportDicomButton(self) -> None:
+        """Write the last analysis as DICOM SEG, SR and parametric map into Slicer's DICOM database."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to export DICOM."), waitCursor=True):
+            written = self.logic.exportDicom()
+            slicer.util.showStatusMessage(_("DICOM SEG, SR and parametric map added to the DICOM database:")
+                                          + " " + ", ".join(str(path) for path in written.values()), 5000)
+
     # --- whole spine and follow-up ---
 
     def _showTable(self, view, table) -> None:
@@ -625,7 +645,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateSpine(self) -> None:
         params = self._parameterNode
-        blocker = _(spine_panel.spine_blocker(params))
+        blocker = _(spine_panel.spine_blocker(params, _dicomDatabase()))
         line = ""
         if params is not None and params.spineLabels is not None:
             try:
@@ -755,6 +775,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         for row in result.lesion_rows:
             print(row["segment"], row["adc_mean"], row["adc_class"], row["differential"])
         logic.exportReport("/tmp/vertebral-marrow-report")
+        logic.exportDicom()  # inputs loaded from DICOM: SEG, SR and parametric map into the DICOM database
         params.spineLabels = getNode("vertebrae_totalsegmentator")    # the whole spine
         spine = logic.analyzeSpine(params)                            # spine table and tier overlay
         logic.keepAsBaseline(params)      # ... then the follow-up study: process, analyzeSpine
@@ -817,7 +838,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         segments by class when asked, and show the overlay in the slice views."""
         if parameterNode is None:
             raise ValueError("no parameter node")
-        study = panel.study_from_parameters(parameterNode)
+        study = panel.study_from_parameters(parameterNode, _dicomDatabase())
         options = panel.options_from_parameters(parameterNode)
         result = self.analyze(study, options, progress=progress, cancelled=cancelled)
         published = panel.publish(slicer.mrmlScene, result, table=parameterNode.resultsTable,
@@ -871,6 +892,27 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         finally:
             app.scene.Clear(1)
 
+    def dicomExportBlocker(self, database=None) -> str:
+        """Why exportDicom cannot run on the last analysis, or ""."""
+        database = database if database is not None else _dicomDatabase()
+        return dicom_out.export_blocker(self.lastStudy, self.lastResult, database)
+
+    def exportDicom(self, folder=None, database=None) -> dict:
+        """Write the last analysis as DICOM SEG, SR (TID 1500) and parametric map (the ADC)
+        into `folder` (default: a new folder in Slicer's temporary folder) on the series the ADC
+        came from, and add them to `database` (default: Slicer's DICOM database); from a private
+        copy, so the user's scene is left as it was. Returns {"seg"|"sr"|"adc_pm": path}."""
+        database = database if database is not None else _dicomDatabase()
+        blocker = self.dicomExportBlocker(database)
+        if blocker:
+            raise InputError(blocker)
+        folder = folder or tempfile.mkdtemp(prefix="VertebralMarrowDICOM-", dir=slicer.app.temporaryPath)
+        app, study, result = panel.export_copy(self.lastStudy, self.lastResult)
+        try:
+            return dicom_out.export_dicom(study, result, folder, database)
+        finally:
+            app.scene.Clear(1)
+
     # --- the whole spine and the follow-up ---
 
     def spineLabelsLine(self, parameterNode) -> str:
@@ -897,7 +939,7 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         node's output nodes) and show the overlay in the slice views. Returns the SpineResult."""
         if parameterNode is None:
             raise ValueError("no parameter node")
-        inputs = spine_panel.spine_inputs(parameterNode)
+        inputs = spine_panel.spine_inputs(parameterNode, _dicomDatabase())
         labels = spine_panel.labels_from_parameters(slicer.mrmlScene, self.application(), parameterNode)
         spineOptions = spine_panel.spine_options_from_parameters(parameterNode)
         spine_panel.check_reference_levels(labels, spineOptions.reference_levels)

@@ -5,7 +5,8 @@ Three layers, each in its own module:
 
 - pythonqt.py: PySide6 under PythonQt's rules (`import qt`);
 - widgets.py: the CTK and qMRML widgets as their C++ sources behave (`import ctk`, `slicer.qMRML*`);
-- application.py: slicer.app, slicer.modules and the module life cycle, on slicer-core's MRML.
+- application.py: slicer.app, slicer.modules and the module life cycle, on slicer-core's MRML;
+- dicom_database.py: slicer.dicomDatabase (an empty one in each new application's temporary folder).
 
 Slicer's own Python layer (ScriptedLoadableModule, parameterNodeWrapper, i18n, testing) is read
 in place from a Slicer source tree (`SLICER_SOURCE`, default ../shared/slicer-source beside the
@@ -21,6 +22,7 @@ sys.excepthook) are recorded in `Rig.errors`; VTK's error and warning output is 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import traceback
 import types
@@ -92,12 +94,17 @@ class Rig:
 
         from .application import Application
 
+        if getattr(self, "app", None) is not None:  # the previous application's temporary folder goes with it
+            shutil.rmtree(self.app.temporaryPath, ignore_errors=True)
         headless = headless or new_scene()
         self.scene = headless.scene
         self.app = Application(headless.scene, headless.app_logic, headless.segmentations_logic, translations)
         self.slicer.mrmlScene = headless.scene
         self.slicer.app = self.app
         self.slicer.modules.segmentations = types.SimpleNamespace(logic=lambda: headless.segmentations_logic)
+        from .dicom_database import DicomDatabase
+
+        self.slicer.dicomDatabase = DicomDatabase(Path(self.app.temporaryPath) / "DICOM database")
         del self.errors[:]
         self.vtk_reset()
         return self.app

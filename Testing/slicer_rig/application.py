@@ -5,7 +5,8 @@
   Green slice views (their slice and slice-composite nodes in the scene, as Slicer's layout
   manager makes them), translations (`translate(context, text)`), testing mode on (so
   slicer.util.tryWithErrorDisplay raises instead of showing a dialog, as under Slicer's
-  test runner) and a main window with a status bar.
+  test runner), a main window with a status bar and a temporary folder of its own
+  (`temporaryPath`).
 - `slicer.modules`: one entry per loaded module (`.path`, `.widgetRepresentation()`,
   `.logic()`), and `<Module>Instance` / `<Module>Widget` as qSlicerScriptedLoadableModule sets
   them.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -130,6 +132,7 @@ class Application:
 
     def __init__(self, scene, app_logic, segmentations_logic, translations=None):
         self._scene, self._app_logic = scene, app_logic
+        self.temporaryPath = tempfile.mkdtemp(prefix="vm-rig-slicer-temp-")
         self.modules = {}
         self._module_manager = qSlicerModuleManager(self.modules)
         self._layout = LayoutManager(scene, app_logic)

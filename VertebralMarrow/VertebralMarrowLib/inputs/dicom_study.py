@@ -93,7 +93,7 @@ def scan_dicom_folder(folder) -> List[Series]:
             continue  # not an image (a DICOMDIR, a report, a presentation state)
         series = found.get(uid)
         if series is None:
-            series = found[uid] = _series_of(ds, uid)
+            series = found[uid] = series_from_header(ds)
         series.files.append(path)
         series.bvalues.update(_file_bvalues(ds))
     if not found:
@@ -171,16 +171,9 @@ def choose_series(all_series: List[Series], overrides: Optional[dict] = None) ->
     unknown = set(overrides) - set(ROLES)
     if unknown:
         raise InputError(f"unknown series role(s) {', '.join(sorted(unknown))}; use {', '.join(ROLES)}")
-    _require_one_patient(all_series)
+    require_one_patient(all_series)
     chosen: Dict[str, Choice] = {}
-    notes = []
-    candidates: Dict[str, list] = {role: [] for role in ROLES}
-    for series in all_series:
-        role, why = recognise(series)
-        if role:
-            candidates[role].append((series, why))
-        else:
-            notes.append(f"{series.label} not used: {why}")
+    candidates, notes = candidates_by_role(all_series)
     for role in ROLES:
         if role in overrides:
             if overrides[role].lower() == "none":
@@ -215,7 +208,21 @@ def choose_series(all_series: List[Series], overrides: Optional[dict] = None) ->
     return chosen, notes
 
 
-def _require_one_patient(all_series: List[Series]) -> None:
+def candidates_by_role(all_series: List[Series]) -> tuple:
+    """({role: [(series, why)]}, notes): what `recognise` makes of each series; a note for
+    each series it does not use. choose_series and the Slicer panel's preselection decide on it."""
+    candidates: Dict[str, list] = {role: [] for role in ROLES}
+    notes = []
+    for series in all_series:
+        role, why = recognise(series)
+        if role:
+            candidates[role].append((series, why))
+        else:
+            notes.append(f"{series.label} not used: {why}")
+    return candidates, notes
+
+
+def require_one_patient(all_series: List[Series]) -> None:
     patients = sorted({s.patient for s in all_series})
     if len(patients) > 1:
         raise InputError(f"the DICOM folder holds images of {len(patients)} patients ({', '.join(patients)}); "
@@ -324,10 +331,12 @@ def _value_mapping(header) -> Optional[tuple]:
 # ---------------------------------------------------------------------------- headers
 
 
-def _series_of(ds, uid: str) -> Series:
+def series_from_header(ds) -> Series:
+    """A Series from one file's header (its b-values included; no files yet): what
+    scan_dicom_folder starts each series with, and what the Slicer panel reads per volume."""
     patient = str(ds.get("PatientID", "") or "") or str(ds.get("PatientName", "") or "") or "(no patient id)"
-    return Series(
-        uid=uid,
+    series = Series(
+        uid=str(ds.get("SeriesInstanceUID", "")),
         number=str(ds.get("SeriesNumber", "") if ds.get("SeriesNumber") is not None else ""),
         description=str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", "") or ""),
         modality=str(ds.get("Modality", "") or ""),
@@ -341,6 +350,8 @@ def _series_of(ds, uid: str) -> Series:
         inversion_time=_number(ds.get("InversionTime")),
         header=ds,
     )
+    series.bvalues.update(_file_bvalues(ds))
+    return series
 
 
 def _file_bvalues(ds) -> set:

@@ -5,6 +5,8 @@ concept, so that everything they decide can be tested on real MRML nodes:
 - parameters.py: the study and the options from the panel's parameter values; why Apply
   cannot run yet; the DWI summary line (DWI resolution itself: inputs/nodes.py);
 - series.py: which volume is which by its series name; the ADC-map guard;
+- dicom_out.py: which volume is which by its DICOM header; the last analysis as DICOM SEG, SR
+  and parametric map, added to Slicer's DICOM database;
 - roles.py: the segment-roles table (roles, levels, disc state as segment tags);
 - publish.py: a result as table, colour, overlay and ADC-map nodes; the private copy for export;
 - display.py: slice-view layers, lesion segments coloured by class, centring on a lesion;

@@ -49,11 +49,12 @@ def _limit(value) -> Optional[float]:
     return None if value is None or float(value) <= 0 else float(value)
 
 
-def study_from_parameters(params) -> StudyNodes:
-    """The study's nodes from the panel's selections; segment roles come from the segment tags."""
+def study_from_parameters(params, dicom_database=None) -> StudyNodes:
+    """The study's nodes from the panel's selections; segment roles come from the segment tags.
+    dicom_database: Slicer's, to check the ADC map by its DICOM header (series.adc_map_problem)."""
     if params.segmentation is None:
         raise InputError("select the segmentation that holds the lesion and normal-marrow ROIs")
-    dwi, bvalues = adc_inputs(params)
+    dwi, bvalues = adc_inputs(params, dicom_database)
     return StudyNodes(
         segmentation=params.segmentation,
         adc=params.adcVolume,
@@ -64,7 +65,7 @@ def study_from_parameters(params) -> StudyNodes:
     )
 
 
-def adc_inputs(params) -> Tuple[list, list]:
+def adc_inputs(params, dicom_database=None) -> Tuple[list, list]:
     """(DWI volumes, b-values) the ADC is fitted from, ([], []) when the ADC map is chosen;
     InputError when there is no ADC source, both, or an ADC map that is none."""
     dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
@@ -72,7 +73,7 @@ def adc_inputs(params) -> Tuple[list, list]:
         raise InputError("select either an ADC map or DWI (sequence or volumes), not both")
     if params.adcVolume is None and not dwi_given:
         raise InputError("select an ADC map, or DWI (a multi-b sequence or one volume per b-value) to fit one")
-    problem = adc_map_problem(params.adcVolume)
+    problem = adc_map_problem(params.adcVolume, dicom_database)
     if problem:
         raise InputError(problem)
     if not dwi_given:
@@ -87,17 +88,17 @@ def present(nodes) -> list:
     return [node for node in (nodes or ()) if node is not None]
 
 
-def apply_blocker(params) -> str:
+def apply_blocker(params, dicom_database=None) -> str:
     """Why Apply cannot run yet (a sentence for the button's tooltip), or "" when it can.
     b-values are not checked here: the DWI summary line says what is wrong with them."""
     if params is None:
         return "No parameter node."
     if params.segmentation is None:
         return "Select the segmentation with the lesion and normal-marrow ROIs."
-    return adc_blocker(params)
+    return adc_blocker(params, dicom_database)
 
 
-def adc_blocker(params) -> str:
+def adc_blocker(params, dicom_database=None) -> str:
     """Why the ADC inputs cannot be used yet (a sentence), or "" when they can."""
     dwi_given = params.dwiSequence is not None or bool(present(params.dwiVolumes))
     if params.adcVolume is None and not dwi_given:
@@ -106,7 +107,7 @@ def adc_blocker(params) -> str:
         return "Select either an ADC map or DWI, not both."
     if params.dwiSequence is not None and present(params.dwiVolumes):
         return "Select either a DWI sequence or DWI volumes, not both."
-    problem = adc_map_problem(params.adcVolume)
+    problem = adc_map_problem(params.adcVolume, dicom_database)
     if problem:
         return problem[0].upper() + problem[1:] + "."
     return ""

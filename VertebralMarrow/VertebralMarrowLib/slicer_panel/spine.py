@@ -85,13 +85,14 @@ def spine_options_from_parameters(params) -> SpineOptions:
                         height_loss_below=float(params.spineHeightLossBelow))
 
 
-def spine_blocker(params) -> str:
-    """Why "Analyse spine" cannot run yet (a sentence for the button's tooltip), or ""."""
+def spine_blocker(params, dicom_database=None) -> str:
+    """Why "Analyse spine" cannot run yet (a sentence for the button's tooltip), or "".
+    dicom_database: Slicer's, to check the ADC map by its DICOM header, as Apply does."""
     if params is None:
         return "No parameter node."
     if params.spineLabels is None:
         return "Select the vertebra labels (the segmentation or labelmap TotalSegmentator or TotalSpineSeg made)."
-    return adc_blocker(params)
+    return adc_blocker(params, dicom_database)
 
 
 def labels_from_parameters(scene, app, params) -> SpineLabels:
@@ -100,10 +101,10 @@ def labels_from_parameters(scene, app, params) -> SpineLabels:
     return spine_labels_from_node(scene, app, params.spineLabels, params.spineScheme)
 
 
-def spine_inputs(params) -> dict:
+def spine_inputs(params, dicom_database=None) -> dict:
     """analyze_spine's keyword arguments from the Inputs section: the ADC map or DWI, T1, FS
     and the drawn lesions (placed at their level), unless that segmentation is the labels."""
-    dwi, bvalues = adc_inputs(params)
+    dwi, bvalues = adc_inputs(params, dicom_database)
     lesions = params.segmentation if params.segmentation is not params.spineLabels else None
     return {"adc": params.adcVolume, "dwi": dwi, "bvalues": bvalues, "t1": params.t1Volume, "fs": params.fsVolume,
             "lesions": lesions}
