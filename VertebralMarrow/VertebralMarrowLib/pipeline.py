@@ -239,10 +239,13 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
     else:
         # Written beside the target under a temporary name (same suffix, so the same writer) and
         # moved into place: an interrupted run leaves the previous map or none, never half of one.
+        # The previous map goes first: renamed over an existing file, ext4 writes the new one to
+        # disk at once (its replace-via-rename safeguard), which cost up to 0.4 s here.
         suffix = next(s for s in MAP_SUFFIXES if out_path.name.lower().endswith(s))
         temporary = out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
         try:
             write_map(temporary, adc, ijk_to_ras, compress=compress)
+            out_path.unlink(missing_ok=True)
             os.replace(temporary, out_path)
         finally:
             temporary.unlink(missing_ok=True)

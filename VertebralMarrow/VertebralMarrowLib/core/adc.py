@@ -36,7 +36,7 @@ _1E3_MAX = 20.0
 # real ADC map has: marrow is about 0.4, free water 3.0; a thousandfold unit error lands far out.
 _PLAUSIBLE_MEDIAN_1E3 = (0.01, 10.0)
 
-FIT_CHUNK_VOXELS = 1 << 16   # 64 K voxels: a chunk's buffers stay in the CPU caches
+FIT_CHUNK_VOXELS = 1 << 17   # 128 K voxels: buffers stay in the CPU caches, few enough numpy calls that two threads scale
 FIT_THREADS = min(os.cpu_count() or 1, 8)
 # Reweighting steps of the 'iwls' fit: one is the weighted linear least squares of Veraart et
 # al. (NeuroImage 2013). Measured on bench_adc.py's data (b 0/50/400/800, ADC 0.3-3.0, Rician

@@ -34,20 +34,21 @@ ENTITY_KEYS = (
 )
 
 
-@lru_cache(maxsize=None)
-def _criteria_text(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
-
-
 def load_criteria(path: Optional[Path] = None) -> dict:
-    """The criteria as a new dict (the file is read once per process)."""
-    source = Path(path) if path else CRITERIA_PATH
+    """The criteria as a new dict, the caller's to change (each file is read and checked once
+    per process)."""
+    return copy.deepcopy(_checked_criteria(str(Path(path) if path else CRITERIA_PATH)))
+
+
+@lru_cache(maxsize=None)
+def _checked_criteria(source: str) -> dict:
+    """The criteria of a file, read and checked: shared, so never to be changed."""
     try:
-        criteria = json.loads(_criteria_text(str(source)))
+        criteria = json.loads(Path(source).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read criteria file {source}: {exc}") from None
     check_criteria(criteria, f"criteria file {source}")
-    return copy.deepcopy(criteria)
+    return criteria
 
 
 SIGNS = ("low", "iso", "high")
@@ -183,12 +184,13 @@ class Setting:
         """The citation of the default, or '' for settings that are not clinical numbers."""
         if self.criteria_key is None:
             return ""
-        criteria = criteria or load_criteria()
+        criteria = criteria or _checked_criteria(str(CRITERIA_PATH))
         return citation(criteria, self._entry(criteria).get("source", ""))
 
     def _entry(self, criteria: Optional[dict]) -> dict:
-        """The criteria.json entry holding the default (the path without its last key)."""
-        entry = criteria or load_criteria()
+        """The criteria.json entry holding the default (the path without its last key), read
+        from the shared criteria: nothing here changes them."""
+        entry = criteria or _checked_criteria(str(CRITERIA_PATH))
         for key in self.criteria_key[:-1]:
             entry = entry[key]
         return entry
