@@ -19,8 +19,9 @@ $(MADE):
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	touch $@
 
+# The demo writes DICOM SEG, SR and parametric map too: highdicom (the `dicom` extra) with it.
 $(RUNTIME): $(MADE) pyproject.toml constraints.txt
-	$(PIP) -e .
+	$(PIP) -e '.[dicom]'
 	touch $@
 
 $(TESTING): $(RUNTIME)

@@ -318,3 +318,19 @@ def test_the_panel_shows_each_lesion_reading_and_the_sign_that_decided_it(demo):
         box = differential_html(document, row["segment"])
         assert html.escape(tier["text"], quote=False) in box, row["segment"]
         assert DECIDING_SIGN_WORDS[tier["deciding_sign"]] in box
+
+
+def test_make_demo_installs_what_the_demo_writes_with():
+    """`make demo` installs the runtime dependencies only; the demo also writes DICOM SEG, SR and
+    parametric map, which need highdicom (the `dicom` extra): the Makefile's runtime install
+    must name that extra, or a clean clone's demo quietly skips the DICOM objects."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    makefile = (repo / "Makefile").read_text()
+    recipe = re.search(r"^\$\(RUNTIME\):.*\n\t(.+)$", makefile, re.M)
+    assert recipe, "the Makefile's runtime install recipe"
+    extras = re.search(r"-e\s+'?\.\[([^\]]*)\]", recipe.group(1))
+    assert extras and "dicom" in extras.group(1).split(","), recipe.group(1)
+    pyproject = (repo / "pyproject.toml").read_text()
+    assert re.search(r"^dicom = \[\s*\"highdicom", pyproject, re.M)
