@@ -19,9 +19,10 @@ $(MADE):
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	touch $@
 
-# The demo writes DICOM SEG, SR and parametric map too: highdicom (the `dicom` extra) with it.
+# The demo writes DICOM SEG, SR and parametric map (highdicom: the `dicom` extra), and every
+# README example runs after it, `batch` included (Dask: the `batch` extra).
 $(RUNTIME): $(MADE) pyproject.toml constraints.txt
-	$(PIP) -e '.[dicom]'
+	$(PIP) -e '.[dicom,batch]'
 	touch $@
 
 $(TESTING): $(RUNTIME)

@@ -320,10 +320,11 @@ def test_the_panel_shows_each_lesion_reading_and_the_sign_that_decided_it(demo):
         assert DECIDING_SIGN_WORDS[tier["deciding_sign"]] in box
 
 
-def test_make_demo_installs_what_the_demo_writes_with():
-    """`make demo` installs the runtime dependencies only; the demo also writes DICOM SEG, SR and
-    parametric map, which need highdicom (the `dicom` extra): the Makefile's runtime install
-    must name that extra, or a clean clone's demo quietly skips the DICOM objects."""
+def test_make_demo_installs_what_the_demo_and_the_readme_need():
+    """`make demo` installs the runtime dependencies, not the test tools; but the demo also
+    writes DICOM SEG, SR and parametric map (highdicom: the `dicom` extra) and the README's
+    examples, which run after it, include `batch` (Dask: the `batch` extra). Without them a
+    clean clone's demo quietly skips the DICOM objects and the batch example fails."""
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
@@ -331,6 +332,7 @@ def test_make_demo_installs_what_the_demo_writes_with():
     recipe = re.search(r"^\$\(RUNTIME\):.*\n\t(.+)$", makefile, re.M)
     assert recipe, "the Makefile's runtime install recipe"
     extras = re.search(r"-e\s+'?\.\[([^\]]*)\]", recipe.group(1))
-    assert extras and "dicom" in extras.group(1).split(","), recipe.group(1)
+    assert extras and {"dicom", "batch"} <= set(extras.group(1).split(",")), recipe.group(1)
     pyproject = (repo / "pyproject.toml").read_text()
     assert re.search(r"^dicom = \[\s*\"highdicom", pyproject, re.M)
+    assert re.search(r"^batch = \[\s*(#.*\s*)?\"dask\[distributed\]", pyproject, re.M)
