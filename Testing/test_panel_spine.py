@@ -406,3 +406,36 @@ def test_whole_spine_fitted_from_dwi_replaces_its_fitted_map(studies, rig, widge
     after.subtract(before)
     assert {kind: n for kind, n in after.items() if n} == {}
     assert all(node.GetScene() is rig.scene for node in dwi)
+
+
+def test_cancelling_analyse_spine_leaves_the_scene_and_the_panel_as_they_were(studies, rig, widget, monkeypatch):
+    """Cancel pressed in the progress dialog (here: before the first step, as soon as the dialog
+    exists): the reading stops, no table, overlay, ROI or fitted map is left, no error is shown,
+    and the next Analyse spine runs to its end."""
+    import slicer
+    from VertebralMarrowLib.mrml import load_volume
+
+    nodes = load_study(rig, studies["baseline"], studies["labels"]["totalspineseg"])
+    nodes["adc"] = None  # the ADC fitted from DWI: a node the reading makes, to be gone after a cancel
+    choose(widget, nodes)
+    params = widget.logic.getParameterNode()
+    params.dwiVolumes = [load_volume(rig.scene, studies["baseline"] / f"dwi_b{b:04d}.nrrd", "DWI") for b in (0, 50, 400, 800)]
+    params.bvalues = "0,50,400,800"
+    real = slicer.util.createProgressDialog
+
+    def cancelled_at_once(*args, **kwargs):
+        dialog = real(*args, **kwargs)
+        dialog.cancel()
+        return dialog
+
+    before = Counter(kind for kind, _ in scene_nodes(rig.scene).values())
+    monkeypatch.setattr(slicer.util, "createProgressDialog", cancelled_at_once)
+    widget.ui.analyseSpineButton.click()
+    after = Counter(kind for kind, _ in scene_nodes(rig.scene).values())
+    after.subtract(before)
+    assert {kind: n for kind, n in after.items() if n} == {}
+    assert params.spineTable is None and widget.logic.lastSpineResult is None
+    assert widget.ui.spineSummaryLabel.text == ""  # no error message for a cancel
+    monkeypatch.setattr(slicer.util, "createProgressDialog", real)
+    widget.ui.analyseSpineButton.click()
+    assert params.spineTable is not None and len(table_rows(params.spineTable)) == len(studies["expected"])

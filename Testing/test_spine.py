@@ -372,3 +372,62 @@ def test_labelmap_node_named_by_its_color_table(tmp_path):
         colors.SetColorName(200 + value, f"tissue {value}")
     with pytest.raises(InputError, match="no known vertebra scheme.*color table"):
         spine_labels_from_node(app.scene, app, node)
+
+
+def _node_classes(scene) -> dict:
+    classes: dict = {}
+    for n in range(scene.GetNumberOfNodes()):
+        kind = scene.GetNthNode(n).GetClassName()
+        classes[kind] = classes.get(kind, 0) + 1
+    return classes
+
+
+def _cancel_after(calls: int):
+    """A `cancelled` callback that turns true at its `calls`-th question (1 = the first)."""
+    asked = [0]
+
+    def cancelled() -> bool:
+        asked[0] += 1
+        return asked[0] >= calls
+
+    return cancelled, asked
+
+
+@pytest.mark.parametrize("reader", ["spine", "lesions"])
+def test_cancelled_at_any_step_leaves_the_scene_as_it_was(phantom, reader):
+    """The whole-spine reading and the lesion analysis, fitting the ADC from DWI, cancelled at
+    each of their steps in turn: analysis.Cancelled, and not one node more in the scene (not
+    the marrow ROIs, not the fitted map, not a display or storage node)."""
+    from VertebralMarrowLib.analysis import Cancelled, StudyNodes, analyze
+    from VertebralMarrowLib.mrml import load_segmentation, load_volume
+    from VertebralMarrowLib.spine_analysis import analyze_spine
+
+    study, _, labels_files = phantom
+    app = new_scene()
+    dwi = [load_volume(app.scene, study / f"dwi_b{b:04d}.nrrd", "DWI") for b in (0, 50, 400, 800)]
+    t1 = load_volume(app.scene, study / "t1.nrrd", "T1")
+    if reader == "spine":
+        labels = read_spine_labels(app.scene, app, labels_files["totalspineseg"])
+
+        def run(cancelled):
+            return analyze_spine(app.scene, labels, dwi=dwi, bvalues=[0, 50, 400, 800], t1=t1, app=app, cancelled=cancelled)
+    else:
+        rois = load_segmentation(app.scene, app, study / "rois.seg.nrrd")
+        nodes = StudyNodes(segmentation=rois, dwi=dwi, bvalues=[0, 50, 400, 800], t1=t1)
+
+        def run(cancelled):
+            return analyze(app.scene, nodes, app=app, cancelled=cancelled)
+
+    before = _node_classes(app.scene)
+    never, asked = _cancel_after(10 ** 6)
+    run(never)  # how many times the reading asks: its steps, the fit's progress included
+    steps = asked[0]
+    assert steps >= 4
+    made = {kind: n - before.get(kind, 0) for kind, n in _node_classes(app.scene).items() if n != before.get(kind, 0)}
+    assert made, "a whole run adds its nodes (ROIs or the fitted map): the check below means something"
+    state = _node_classes(app.scene)  # each cancelled run must leave the scene as it is now
+    for calls in sorted({1, 2, steps // 2, steps - 1, steps}):
+        cancelled, _ = _cancel_after(calls)
+        with pytest.raises(Cancelled):
+            run(cancelled)
+        assert _node_classes(app.scene) == state, f"cancelled at question {calls} of {steps}"

@@ -692,23 +692,21 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(message)  # after the wait cursor is gone
         return message
 
-    def _progressDialog(self, text: str):
-        progressDialog = slicer.util.createProgressDialog(windowTitle=_("Vertebral Marrow"), labelText=text, maximum=100,
-                                                          windowModality=qt.Qt.ApplicationModal)
-        progressDialog.setCancelButton(None)  # the whole-spine reading runs to its end
-
-        def progress(fraction: float, text: str) -> None:
-            progressDialog.labelText = text
-            progressDialog.value = int(round(100 * fraction))
-            slicer.app.processEvents()
-
-        return progressDialog, progress
-
     def onAnalyseSpineButton(self) -> None:
         def analyse():
-            progressDialog, progress = self._progressDialog(_("Reading the vertebra labels"))
+            progressDialog = slicer.util.createProgressDialog(
+                windowTitle=_("Vertebral Marrow"), labelText=_("Reading the vertebra labels"), maximum=100,
+                windowModality=qt.Qt.ApplicationModal)
+
+            def progress(fraction: float, text: str) -> None:
+                progressDialog.labelText = text
+                progressDialog.value = int(round(100 * fraction))
+                slicer.app.processEvents()
+
             try:
-                self.logic.analyzeSpine(self._parameterNode, progress=progress)
+                self.logic.analyzeSpine(self._parameterNode, progress=progress, cancelled=lambda: progressDialog.wasCanceled)
+            except analysis.Cancelled:
+                slicer.util.showStatusMessage(_("Whole-spine reading cancelled."), 3000)
             finally:
                 progressDialog.close()
 
@@ -932,11 +930,13 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
             raise self._spineLabels[1]
         return self._spineLabels[1]
 
-    def analyzeSpine(self, parameterNode, progress: Optional[Callable[[float, str], None]] = None):
+    def analyzeSpine(self, parameterNode, progress: Optional[Callable[[float, str], None]] = None,
+                     cancelled: Optional[Callable[[], bool]] = None):
         """Read the marrow of every vertebra the chosen labels hold, with the Inputs' ADC map
         or DWI, T1 and FS and the drawn lesions (spine_analysis.analyze_spine, as the spine
         command does); publish the spine table and the tier overlay (reusing the parameter
-        node's output nodes) and show the overlay in the slice views. Returns the SpineResult."""
+        node's output nodes) and show the overlay in the slice views. Returns the SpineResult.
+        When `cancelled()` turns true it stops (analysis.Cancelled), leaving no node behind."""
         if parameterNode is None:
             raise ValueError("no parameter node")
         inputs = spine_panel.spine_inputs(parameterNode, _dicomDatabase())
@@ -944,7 +944,8 @@ class VertebralMarrowLogic(ScriptedLoadableModuleLogic):
         spineOptions = spine_panel.spine_options_from_parameters(parameterNode)
         spine_panel.check_reference_levels(labels, spineOptions.reference_levels)
         result = analyze_spine(slicer.mrmlScene, labels, options=panel.options_from_parameters(parameterNode),
-                               spine_options=spineOptions, app=self.application(), progress=progress, **inputs)
+                               spine_options=spineOptions, app=self.application(), progress=progress,
+                               cancelled=cancelled, **inputs)
         spine_panel.replace_run_nodes(slicer.mrmlScene, self.lastSpineResult, result,
                                       user_nodes=(parameterNode.adcVolume, *panel.present(parameterNode.dwiVolumes)))
         self.lastSpineResult, self._spineInputs = result, (inputs["t1"], inputs["fs"])

@@ -26,6 +26,7 @@ from .mrml import (
     get_segment_spread,
     ijk_to_ras_of,
     is_integer_volume,
+    removed_if_it_fails,
     segment_ids,
     segment_name,
     segment_fractions_on_grid,
@@ -121,7 +122,12 @@ def analyze(
     progress: Optional[Callable[[float, str], None]] = None,
     cancelled: Optional[Callable[[], bool]] = None,
 ) -> AnalysisResult:
-    """Analyse one study. `app` is the headless app (mrml.new_scene) or None inside Slicer."""
+    """Analyse one study. `app` is the headless app (mrml.new_scene) or None inside Slicer.
+    Stopped half-way (bad input found late, or `cancelled()`), it leaves no node behind."""
+    return removed_if_it_fails(scene, lambda made: _analyze(scene, study, options, app, progress, cancelled, made))
+
+
+def _analyze(scene, study: StudyNodes, options: Optional[Options], app, progress, cancelled, made: list) -> AnalysisResult:
     if options is not None and not isinstance(options, Options):
         raise InputError(f"options must be VertebralMarrowLib Options, got {type(options).__name__}")
     check_study_nodes(study)
@@ -151,6 +157,8 @@ def analyze(
     step(0.05, "ADC")
     adc = load_adc(scene, study, resolved, warnings, step)
     adc_node, adc_map, adc_source, adc_units, bvalues_used, low_b = adc[:6]
+    if adc_node is not study.adc:
+        made.append(adc_node)  # the fitted map
 
     step(0.45, "ROIs on the ADC grid")
     on_adc = segments_on_grid(scene, app, segmentation, measured, adc_node)

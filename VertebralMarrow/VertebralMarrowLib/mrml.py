@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -457,6 +457,20 @@ def _check_export_size(segmentation_node, volume_node) -> None:
         raise InputError(f"volume '{volume_node.GetName()}' has voxel spacing {tuple(spacing)}; it must be positive")
     voxels = float(np.prod(extent_mm / spacing + 1.0))
     check_grid_size(voxels, f"the segments of '{segmentation_node.GetName()}' on the grid of '{volume_node.GetName()}'")
+
+
+def removed_if_it_fails(scene, run: Callable[[list], object]):
+    """`run(made)` and its result; the nodes it adds to `made` (as it adds them to the scene)
+    are removed again, with their helpers, if it stops half-way: an error or a cancel leaves
+    the user's scene as it was."""
+    made: list = []
+    try:
+        return run(made)
+    except BaseException:
+        for node in reversed(made):
+            if node is not None and node.GetScene() is scene:
+                remove_with_helpers(scene, node)
+        raise
 
 
 def remove_with_helpers(scene, node, colors: bool = False) -> None:

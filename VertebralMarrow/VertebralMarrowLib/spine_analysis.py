@@ -19,7 +19,7 @@ import slicer
 import vtk
 
 from . import DISCLAIMER, __version__
-from .analysis import StudyNodes, load_adc
+from .analysis import Cancelled, StudyNodes, load_adc
 from .core.classes import class_key
 from .core.criteria import Options
 from .core.stats import roi_means, roi_statistics
@@ -29,7 +29,7 @@ from .core.vertebra_schemes import (
 from .errors import InputError
 from .mrml import (
     array_of, get_segment_role, ijk_to_ras_of, load_segmentation, read_image_sitk, read_label_names, segment_ids,
-    remove_with_helpers, segment_name, segmentation_from_labelmap, segments_on_grid, volume_from_array,
+    remove_with_helpers, removed_if_it_fails, segment_name, segmentation_from_labelmap, segments_on_grid, volume_from_array,
 )
 
 SCHEME_CHOICES = ("auto", "totalsegmentator", "totalspineseg", "names")
@@ -337,14 +337,24 @@ def resolve_spine_options(spine: Optional[SpineOptions], options: Options) -> Di
 def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = (), bvalues: Sequence[float] = (),
                   t1=None, fs=None, lesions=None, options: Optional[Options] = None,
                   spine_options: Optional[SpineOptions] = None, app=None,
-                  progress: Optional[Callable[[float, str], None]] = None) -> SpineResult:
+                  progress: Optional[Callable[[float, str], None]] = None,
+                  cancelled: Optional[Callable[[], bool]] = None) -> SpineResult:
     """One marrow reading per labelled vertebra (nodes in; `lesions` an optional segmentation
-    of drawn ROIs, placed at their level)."""
+    of drawn ROIs, placed at their level). Stopped half-way (bad input found late, or
+    `cancelled()`: analysis.Cancelled), it leaves no node behind."""
+    return removed_if_it_fails(scene, lambda made: _analyze_spine(
+        scene, labels, adc, dwi, bvalues, t1, fs, lesions, options, spine_options, app, progress, cancelled, made))
+
+
+def _analyze_spine(scene, labels: SpineLabels, adc, dwi, bvalues, t1, fs, lesions, options, spine_options, app,
+                   progress, cancelled, made: list) -> SpineResult:
     resolved = (options or Options()).resolved()
     settings = resolve_spine_options(spine_options, resolved)
     warnings: List[str] = []
 
     def step(fraction, text):
+        if cancelled is not None and cancelled():
+            raise Cancelled("whole-spine reading cancelled")
         if progress:
             progress(fraction, text)
 
@@ -368,6 +378,7 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
         names[n] = f"{level} disc"
     roi_node = volume_from_array(scene, rois, labels.ijk_to_ras, "vertebral bodies", labelmap=True)
     segmentation = segmentation_from_labelmap(scene, app, roi_node, names, "Vertebral marrow ROIs")
+    made.append(segmentation)
     remove_with_helpers(scene, roi_node, colors=True)
     ids = segment_ids(segmentation)
     id_names = [segment_name(segmentation, sid) for sid in ids]
@@ -376,6 +387,8 @@ def analyze_spine(scene, labels: SpineLabels, adc=None, dwi: Sequence[object] = 
     study = StudyNodes(segmentation=segmentation, adc=adc, dwi=list(dwi), bvalues=list(bvalues))
     adc_node, adc_map, adc_source, adc_units = load_adc(scene, study, resolved, warnings,
                                                         lambda f, t: step(0.15 + 0.3 * f, t))[:4]
+    if adc_node is not adc:
+        made.append(adc_node)  # the fitted map
 
     step(0.5, "marrow ROIs on the ADC grid")
     erosion = settings["erosion_mm"]
