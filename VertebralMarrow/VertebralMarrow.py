@@ -583,25 +583,29 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _apply(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to compute results."), waitCursor=True):
-            progressDialog = slicer.util.createProgressDialog(
-                windowTitle=_("Vertebral Marrow"), labelText=_("Starting the analysis"), maximum=100,
-                windowModality=qt.Qt.ApplicationModal)
-
-            def progress(fraction: float, text: str) -> None:
-                progressDialog.labelText = text
-                progressDialog.value = int(round(100 * fraction))
-                slicer.app.processEvents()
-
-            def cancelled() -> bool:
-                return progressDialog.wasCanceled
-
-            try:
-                self.logic.process(self._parameterNode, progress=progress, cancelled=cancelled)
-            except analysis.Cancelled:
-                slicer.util.showStatusMessage(_("Analysis cancelled."), 3000)
-            finally:
-                progressDialog.close()
+            self._withProgress(_("Starting the analysis"), _("Analysis cancelled."),
+                               lambda progress, cancelled: self.logic.process(self._parameterNode, progress=progress,
+                                                                              cancelled=cancelled))
             self._onParameterNodeModified()
+
+    @staticmethod
+    def _withProgress(startText: str, cancelledText: str, run) -> None:
+        """run(progress, cancelled) under a modal progress dialog whose Cancel stops it
+        (analysis.Cancelled: a status message, not an error)."""
+        progressDialog = slicer.util.createProgressDialog(
+            windowTitle=_("Vertebral Marrow"), labelText=startText, maximum=100, windowModality=qt.Qt.ApplicationModal)
+
+        def progress(fraction: float, text: str) -> None:
+            progressDialog.labelText = text
+            progressDialog.value = int(round(100 * fraction))
+            slicer.app.processEvents()
+
+        try:
+            run(progress, lambda: progressDialog.wasCanceled)
+        except analysis.Cancelled:
+            slicer.util.showStatusMessage(cancelledText, 3000)
+        finally:
+            progressDialog.close()
 
     def onBrowseCriteriaFile(self) -> None:
         """Choose a criteria file of one's own; cancelling keeps the current one."""
@@ -694,21 +698,9 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAnalyseSpineButton(self) -> None:
         def analyse():
-            progressDialog = slicer.util.createProgressDialog(
-                windowTitle=_("Vertebral Marrow"), labelText=_("Reading the vertebra labels"), maximum=100,
-                windowModality=qt.Qt.ApplicationModal)
-
-            def progress(fraction: float, text: str) -> None:
-                progressDialog.labelText = text
-                progressDialog.value = int(round(100 * fraction))
-                slicer.app.processEvents()
-
-            try:
-                self.logic.analyzeSpine(self._parameterNode, progress=progress, cancelled=lambda: progressDialog.wasCanceled)
-            except analysis.Cancelled:
-                slicer.util.showStatusMessage(_("Whole-spine reading cancelled."), 3000)
-            finally:
-                progressDialog.close()
+            self._withProgress(_("Reading the vertebra labels"), _("Whole-spine reading cancelled."),
+                               lambda progress, cancelled: self.logic.analyzeSpine(self._parameterNode, progress=progress,
+                                                                                   cancelled=cancelled))
 
         self._spineMessage = None
         self._spineMessage = self._runOnce(_("Cannot analyse the spine:"), analyse)
