@@ -55,6 +55,15 @@ def study(module, rig, dwi=False):
     return panel.self_test_study(rig.scene, module.VertebralMarrowLogic.application(), dwi=dwi)
 
 
+def chosen(module, rig, widget):
+    """The self-test study in the scene, its segmentation and scanner ADC map chosen in the
+    panel: (study nodes, expected values, parameter node)."""
+    s, expected = study(module, rig)
+    params = widget.logic.getParameterNode()
+    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    return s, expected, params
+
+
 def test_widget_sets_up_and_the_self_test_passes(shown):
     rig, module, parent, widget = shown
     assert widget.ui.applyButton.enabled is False
@@ -140,9 +149,7 @@ def test_export_adds_no_converter_rule(shown, tmp_path):
     import slicer
 
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     widget.onApplyButton()
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     counts = []
@@ -159,9 +166,7 @@ def test_differential_box_is_not_rebuilt_by_unrelated_changes(shown, monkeypatch
     from VertebralMarrowLib.slicer_panel import panel
 
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     widget.onApplyButton()
     built = []
     real = panel.differential_html
@@ -176,9 +181,7 @@ def test_differential_box_is_not_rebuilt_by_unrelated_changes(shown, monkeypatch
 def test_apply_cannot_be_re_entered(shown, monkeypatch):
     # defect 5: a click during the run (processEvents) starts nothing; the button is off meanwhile
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     runs, during = [], []
     real = widget.logic.process
 
@@ -210,9 +213,7 @@ def test_closed_scene_segmentation_is_not_observed(shown):
 
 def test_exit_and_enter_rebind_the_panel(shown):
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     rig.hide(parent)
     params.cutoff = 1.5
     assert widget.ui.cutoffSliderWidget.value != 1.5      # not bound while hidden
@@ -225,9 +226,7 @@ def test_exit_and_enter_rebind_the_panel(shown):
 def test_scene_saved_and_reloaded_with_the_module_shown(shown, tmp_path):
     # defect 11: after loading, the panel's wrapper sees the result nodes
     rig, module, parent, widget = shown
-    s, expected = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, expected, params = chosen(module, rig, widget)
     widget.onApplyButton()
     table_name = params.resultsTable.GetName()
     scene = rig.scene
@@ -343,9 +342,7 @@ def test_levels_and_disc_state_from_the_roles_table(shown):
     from VertebralMarrowLib.mrml import get_segment_spread
 
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     table = widget.ui.segmentRolesTable
     assert [table.horizontalHeaderItem(c).text() for c in range(table.columnCount)] == ["Segment", "Role", "Levels", "Disc"]
     row = [table.item(r, 0).text() for r in range(table.rowCount)].index("L2 lesion")
@@ -367,9 +364,7 @@ def test_chemical_shift_and_fat_fraction_selectors_reach_the_study(shown):
     from VertebralMarrowLib.slicer_panel import panel
 
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     widget.ui.inPhaseSelector.setCurrentNode(s.t1)
     widget.ui.opposedPhaseSelector.setCurrentNode(s.t2)
     widget.ui.fatFractionSelector.setCurrentNode(s.fs)
@@ -379,9 +374,7 @@ def test_chemical_shift_and_fat_fraction_selectors_reach_the_study(shown):
 
 def test_clicking_a_result_row_centres_the_views_on_that_lesion(shown):
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     widget.onApplyButton()
     view = widget.ui.resultsTableView
     model = view.model()
@@ -400,9 +393,7 @@ def test_results_headers_carry_their_units(shown):
     import qt
 
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     widget.onApplyButton()
     model = widget.ui.resultsTableView.tableModel()
     headers = [model.headerData(c, qt.Qt.Horizontal) for c in range(model.columnCount())]
@@ -413,9 +404,7 @@ def test_export_opens_the_report(shown, tmp_path, monkeypatch):
     import qt
 
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     widget.onApplyButton()
     monkeypatch.setattr(qt.QFileDialog, "getExistingDirectory", staticmethod(lambda *args: str(tmp_path)))
     widget.ui.exportButton.click()
@@ -450,9 +439,7 @@ def test_colour_blind_safe_overlay_palette(shown):
     from VertebralMarrowLib.core.classes import BY_KEY
 
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     widget.onApplyButton()
     colors = params.overlayVolume.GetDisplayNode().GetColorNode()
 
@@ -477,9 +464,7 @@ def test_export_without_matplotlib_says_so_in_results_and_report(shown, tmp_path
     import json
 
     rig, module, parent, widget = shown
-    s, _ = study(module, rig)
-    params = widget.logic.getParameterNode()
-    params.segmentation, params.adcVolume = s.segmentation, s.adc
+    s, _, params = chosen(module, rig, widget)
     widget.onApplyButton()
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     widget.logic.exportReport(tmp_path)
