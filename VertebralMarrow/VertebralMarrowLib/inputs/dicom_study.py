@@ -27,7 +27,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ..errors import InputError
-from .dicom_dwi import _bvalue, _number, _upper_values
+from .dicom_dwi import _bvalue, _number, _text, _upper_values
 
 ROLES = ("t1", "t2", "fs", "dwi", "adc", "ct")
 ROLE_LABELS = {"t1": "T1", "t2": "T2", "fs": "STIR/fat-suppressed T2", "dwi": "DWI", "adc": "scanner ADC map",
@@ -88,7 +88,7 @@ def scan_dicom_folder(folder) -> List[Series]:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError):
             continue
-        uid = str(ds.get("SeriesInstanceUID", ""))
+        uid = _text(ds.get("SeriesInstanceUID"))
         if not uid or "Rows" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
             continue  # not an image (a DICOMDIR, a report, a presentation state)
         series = found.get(uid)
@@ -334,14 +334,14 @@ def _value_mapping(header) -> Optional[tuple]:
 def series_from_header(ds) -> Series:
     """A Series from one file's header (its b-values included; no files yet): what
     scan_dicom_folder starts each series with, and what the Slicer panel reads per volume."""
-    patient = str(ds.get("PatientID", "") or "") or str(ds.get("PatientName", "") or "") or "(no patient id)"
+    patient = _text(ds.get("PatientID")) or _text(ds.get("PatientName")) or "(no patient id)"
     series = Series(
-        uid=str(ds.get("SeriesInstanceUID", "")),
-        number=str(ds.get("SeriesNumber", "") if ds.get("SeriesNumber") is not None else ""),
-        description=str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", "") or ""),
-        modality=str(ds.get("Modality", "") or ""),
+        uid=_text(ds.get("SeriesInstanceUID")),
+        number=_text(ds.get("SeriesNumber")),
+        description=_text(ds.get("SeriesDescription")) or _text(ds.get("ProtocolName")),
+        modality=_text(ds.get("Modality")),
         patient=patient,
-        study_uid=str(ds.get("StudyInstanceUID", "")),
+        study_uid=_text(ds.get("StudyInstanceUID")),
         image_type=_upper_values(ds.get("ImageType")),
         scanning_sequence=_upper_values(ds.get("ScanningSequence")),
         scan_options=_upper_values(ds.get("ScanOptions")),
