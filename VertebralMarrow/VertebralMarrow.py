@@ -620,17 +620,20 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportButton(self) -> None:
         """Write the report folder of the last analysis into a folder the user chooses."""
-        folder = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), _("Folder for the Vertebral Marrow report"), qt.QDir.homePath())
+        self._exportToChosenFolder(_("Folder for the Vertebral Marrow report"), "report.html", self.logic.exportReport)
+
+    def _exportToChosenFolder(self, title: str, page: str, export) -> None:
+        """Ask for a folder, write export(folder) into it and open its `page` in the browser."""
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), title, qt.QDir.homePath())
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to export the report."), waitCursor=True):
-            files = self.logic.exportReport(folder)
-            report = os.path.join(folder, "report.html")
-            slicer.util.showStatusMessage(_("Report written:") + f" {report}", 5000)
-            logging.info(f"Vertebral Marrow report: {len(files)} files written in {folder}")
-            if os.path.isfile(report):
-                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report))
+            files = export(folder)
+            path = os.path.join(folder, page)
+            slicer.util.showStatusMessage(_("Report written:") + f" {path}", 5000)
+            logging.info(f"Vertebral Marrow: {len(files)} files written in {folder}")
+            if os.path.isfile(path):
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(path))
 
     def onExportDicomButton(self) -> None:
         """Write the last analysis as DICOM SEG, SR and parametric map into Slicer's DICOM database."""
@@ -707,16 +710,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
 
     def onExportSpineButton(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), _("Folder for the whole-spine report"), qt.QDir.homePath())
-        if folder:
-            self._exportAndOpen(folder, "spine.html", self.logic.exportSpineReport)
-
-    def _exportAndOpen(self, folder: str, page: str, export) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to export the report."), waitCursor=True):
-            export(folder)
-            slicer.util.showStatusMessage(_("Report written:") + f" {os.path.join(folder, page)}", 5000)
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(os.path.join(folder, page)))
+        self._exportToChosenFolder(_("Folder for the whole-spine report"), "spine.html", self.logic.exportSpineReport)
 
     def onKeepAsBaselineButton(self) -> None:
         self._followupMessage = self._runOnce(_("Cannot keep a baseline:"), lambda: self.logic.keepAsBaseline(self._parameterNode))
@@ -738,10 +732,7 @@ class VertebralMarrowWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()
 
     def onExportFollowupButton(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), _("Folder for the follow-up report"), qt.QDir.homePath())
-        if folder:
-            self._exportAndOpen(folder, "followup.html", self.logic.exportFollowupReport)
+        self._exportToChosenFolder(_("Folder for the follow-up report"), "followup.html", self.logic.exportFollowupReport)
 
 
 #
