@@ -87,6 +87,26 @@ def test_iwls_has_lower_variance_than_ols_at_high_b_and_low_snr():
     assert sd_iwls == pytest.approx(slope_sd(weights_iwls), rel=0.25)
 
 
+def test_iwls_weights_follow_the_fitted_signal_and_noise_keeps_equal_weights():
+    """IWLS is the weighted line with weights exp(-2 b ADC_ols) (the OLS fit's signal squared),
+    computed here with numpy's polyfit (its w multiplies the residual, so sqrt of the weight).
+    A voxel whose signal rises with b (negative ADC: noise) keeps equal weights: its OLS fit."""
+    rng = np.random.default_rng(11)
+    b = np.array([0.0, 50.0, 400.0, 800.0])
+    data = rician(signals(np.full(200, 1.1), b=b, s0=400.0), 40.0, rng)
+    data[:, :3] = [[100.0, 90.0, 120.0], [110.0, 95.0, 150.0], [150.0, 120.0, 160.0], [180.0, 130.0, 200.0]]
+    iwls, ols = fit_adc(data, b, "iwls"), fit_adc(data, b, "ols")
+    x, y = b / 1000.0, np.log(data)
+    for voxel in range(data.shape[1]):
+        slope_ols = np.polyfit(x, y[:, voxel], 1)[0]
+        assert ols[voxel] == pytest.approx(-slope_ols, rel=1e-9, abs=1e-12)
+        weights = np.exp(2.0 * min(slope_ols, 0.0) * x)
+        expected = -np.polyfit(x, y[:, voxel], 1, w=np.sqrt(weights))[0]
+        assert iwls[voxel] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert (ols[:3] < 0).all()
+    np.testing.assert_allclose(iwls[:3], ols[:3], rtol=1e-12)
+
+
 @pytest.mark.parametrize("method", ["ols", "iwls"])
 def test_unusable_samples_get_zero_weight(method):
     truth = np.array([0.5, 0.9, 1.6, 2.2, 0.7])

@@ -7,7 +7,9 @@ Veraart et al., NeuroImage 2013) refits with each log-sample weighted by its pre
 squared, since var(log S) ~ sigma^2 / S^2: high-b samples near the noise floor count less.
 b-values that differ by rounding are one shell; several images in a shell are combined into
 the trace (geometric mean). `fit_adc_volume` is the engine: float32, chunks of voxels over
-threads with preallocated buffers; `fit_adc` is the same estimator in float64, its reference.
+threads with preallocated buffers, memory-mapped files read chunk by chunk (pread), the map
+filled or handed chunk by chunk to a writer; `fit_adc` is the same estimator in float64, its
+reference.
 """
 
 from __future__ import annotations
@@ -36,14 +38,18 @@ _1E3_MAX = 20.0
 # real ADC map has: marrow is about 0.4, free water 3.0; a thousandfold unit error lands far out.
 _PLAUSIBLE_MEDIAN_1E3 = (0.01, 10.0)
 
-FIT_CHUNK_VOXELS = 1 << 17   # 128 K voxels: buffers stay in the CPU caches, few enough numpy calls that two threads scale
+FIT_CHUNK_VOXELS = 1 << 17   # 128 K voxels: few enough numpy calls (each hands the GIL over) that two threads scale
 FIT_THREADS = min(os.cpu_count() or 1, 8)
 # Reweighting steps of the 'iwls' fit: one is the weighted linear least squares of Veraart et
 # al. (NeuroImage 2013). Measured on bench_adc.py's data (b 0/50/400/800, ADC 0.3-3.0, Rician
-# SNR 30): RMSE 0.247 with one, 0.260 with two, 0.317 without (OLS); a second step lowers the
+# SNR 30): RMSE 0.249 with one, 0.262 with two, 0.319 without (OLS); a second step lowers the
 # bias (-0.005 against -0.025) but not the error, so one.
 REWEIGHTS = 1
-EXPONENT_FLOOR = -40.0  # weights below e^-40 of a voxel's largest count as e^-40 (products stay float32)
+# The weights exp(2 slope (x - x_lowest)) use the OLS slope limited to [-WEIGHT_EXPONENT_SPAN /
+# (2 x_span), 0]: no weight below e^-30 of the lowest b's (every sum and product stays inside
+# float32's range), and a voxel whose signal rises with b (a negative ADC: noise) keeps equal
+# weights, its OLS fit, rather than weights that favour its noisiest samples.
+WEIGHT_EXPONENT_SPAN = 30.0
 # Shells (group_shells): MRtrix3's BValueEpsilon (80 s/mm^2) and BZeroThreshold (10 s/mm^2),
 # the epsilon capped at 10 % of b so that deliberate low b-values stay apart.
 SHELL_TOLERANCE_S_PER_MM2 = 80.0
@@ -207,14 +213,17 @@ def fit_adc_volume(
     floors: Optional[Sequence[Optional[float]]] = None,
     threads: Optional[int] = None,
     out: Optional[np.ndarray] = None,
-) -> np.ndarray:
+    sink: Optional[Callable[[int, np.ndarray], None]] = None,
+) -> Optional[np.ndarray]:
     """ADC map (float32, 10^-3 mm^2/s) from one image per diffusion weighting (several images
     in one shell are combined into the trace inside the loop), all on one grid.
 
     The voxels go in chunks of `chunk_voxels` over `threads` threads (numpy releases the GIL),
     each thread with preallocated float32 buffers: nothing whole-volume beyond the output.
     Inputs are read, never copied whole: memory maps and views are welcome. `out`, if given,
-    receives the map (float32, the volumes' shape)."""
+    receives the map (float32, the volumes' shape). With `sink` there is no map at all: each
+    chunk's ADC goes to sink(first voxel, values) from the thread that fitted it, in any order
+    (a file written as it is computed), and None is returned."""
     if len(volumes_kji) != len(bvalues_s_per_mm2):
         raise InputError(f"{len(volumes_kji)} DWI volumes but {len(bvalues_s_per_mm2)} b-values; give one b-value per volume")
     shape = tuple(volumes_kji[0].shape)
@@ -225,10 +234,10 @@ def fit_adc_volume(
     if floors is None:
         floors = default_floors(volumes_kji, members, chunk_voxels)
     plan = _FitPlan(shell_b, members, floors, _check_method(method), np.float32)
-    adc = np.empty(shape, np.float32) if out is None else out
-    flat_out = adc.reshape(-1)
-    sources = [_flat(volume) for volume in volumes_kji]
-    total = flat_out.size
+    adc = None if sink is not None else np.empty(shape, np.float32) if out is None else out
+    flat_out = None if adc is None else adc.reshape(-1)
+    sources = [_FileRun.of(volume) or _flat(volume) for volume in volumes_kji]
+    total = int(np.prod(shape))
     chunk_voxels = max(1, int(chunk_voxels))
     starts = list(range(0, total, chunk_voxels))
     local = threading.local()
@@ -238,7 +247,11 @@ def fit_adc_volume(
         buffers = getattr(local, "buffers", None)
         if buffers is None:
             buffers = local.buffers = _Buffers(plan, chunk_voxels, np.float32)
-        _fit_chunk(plan, sources, start, stop, buffers, flat_out[start:stop])
+        if sink is None:
+            _fit_chunk(plan, sources, start, stop, buffers, flat_out[start:stop])
+        else:
+            _fit_chunk(plan, sources, start, stop, buffers, buffers.adc[:stop - start])
+            sink(start, buffers.adc[:stop - start])
         for source in sources:
             _release(source, start, stop)
         return stop
@@ -252,10 +265,21 @@ def fit_adc_volume(
             progress(fraction, f"ADC fit: {stop:,} of {total:,} voxels")
 
     threads = max(1, min(threads or FIT_THREADS, len(starts)))
+    try:
+        _run(work, done, starts, threads)
+    finally:
+        for source in sources:
+            if isinstance(source, _FileRun):
+                source.close()
+    return adc
+
+
+def _run(work: Callable[[int], int], done: Callable[[int], None], starts: List[int], threads: int) -> None:
+    """work(start) for every chunk, done(stop) in order as each finishes."""
     if threads == 1:
         for start in starts:
             done(work(start))
-        return adc
+        return
     pool = ThreadPoolExecutor(threads)
     try:
         # submitted a few ahead of the one waited for, so a cancel stops the fit promptly
@@ -268,7 +292,6 @@ def fit_adc_volume(
             done(future.result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return adc
 
 
 def _check_method(method: str) -> int:
@@ -282,7 +305,8 @@ def _check_method(method: str) -> int:
 
 class _FitPlan:
     """What every chunk does: which images make each shell, their floors, and the constants of
-    the design (b in 10^3 s/mm^2, so that the slope of log S is -ADC in 10^-3 mm^2/s)."""
+    the design: x, b in 10^3 s/mm^2 above the lowest shell's (so that the slope of log S is -ADC
+    in 10^-3 mm^2/s and the lowest shell sits at x = 0)."""
 
     def __init__(self, shell_b, members, floors, reweights: int, dtype):
         if len(shell_b) < 2:
@@ -290,26 +314,31 @@ class _FitPlan:
             raise InputError(f"an ADC fit needs at least two distinct b-values, got the shell(s) [{listed}] s/mm^2")
         self.members = [list(shell) for shell in members]
         self.floors = [None if f is None else dtype(f) for f in floors]
-        x = np.asarray(shell_b, float) / 1000.0
+        x = (np.asarray(shell_b, float) - shell_b[0]) / 1000.0
         centred = x - x.mean()
         self.shells = len(x)
-        self.pairs = [(s, t, dtype(x[t] - x[s])) for s in range(len(x)) for t in range(s + 1, len(x))]
-        self.ols = [dtype(v) for v in centred / np.sum(centred ** 2)]  # OLS slope = sum(ols * y)
-        self.twice_x = [dtype(v) for v in 2.0 * (x - x.min())]  # log S^2 relative to the lowest b
+        self.x = x
+        self.ols = [dtype(v) for v in centred / np.sum(centred ** 2)]  # OLS slope = sum(ols (y - y0))
+        self.x_above = [dtype(v) for v in x[1:]]
+        self.x_above_squared = [dtype(v * v) for v in x[1:]]
+        self.twice_x_above = (2.0 * x[1:, None]).astype(dtype)
+        self.lowest_weight_slope = dtype(-WEIGHT_EXPONENT_SPAN / (2.0 * x[-1]))
         self.reweights = reweights
         self.dtype = dtype
 
 
 class _Buffers:
-    """Preallocated work arrays of one thread: per shell the log signal and the weight; per
-    voxel the sums of the weighted line."""
+    """Preallocated work arrays of one thread: per shell the log signal; per shell above the
+    lowest its log signal less the lowest's and its weight; per voxel the sums of the line."""
 
     def __init__(self, plan: _FitPlan, voxels: int, dtype):
         shells = plan.shells
         self.log_signal = np.empty((shells, voxels), dtype)
-        self.weight = np.empty((shells, voxels), dtype)
-        self.vectors = np.empty((8, voxels), dtype)
+        self.rise = np.empty((shells - 1, voxels), dtype)
+        self.weight = np.empty((shells - 1, voxels), dtype)
+        self.vectors = np.empty((7, voxels), dtype)
         self.good = np.empty(voxels, bool)
+        self.adc = np.empty(voxels, np.float32)  # a chunk's result when it goes to a sink
 
 
 def _flat(volume: np.ndarray) -> np.ndarray:
@@ -336,6 +365,47 @@ class _Slabs:
         slab = np.ascontiguousarray(self.volume[first:last]).reshape(-1)
         offset = first * self.per_slice
         return slab[span.start - offset:span.stop - offset]
+
+
+class _FileRun:
+    """A memory-mapped volume whose voxels lie in one contiguous run of its file, read chunk by
+    chunk with pread into a buffer per thread: no page faults, nothing left mapped, and the
+    buffer stays in the CPU caches. Strided maps (interleaved 4-D NRRD) stay maps (_release)."""
+
+    def __init__(self, path: str, position: int, dtype: np.dtype, size: int):
+        self.path, self.file = path, os.open(path, os.O_RDONLY)
+        self.position, self.dtype, self.size = position, dtype, size
+        self.local = threading.local()
+
+    @classmethod
+    def of(cls, volume: np.ndarray) -> Optional["_FileRun"]:
+        """The run of a C-contiguous np.memmap (or a view of one), else None. numpy maps its file
+        from offset - offset % ALLOCATIONGRANULARITY, so a voxel's file position is that plus
+        its address less the mapping's. None on Windows, which has no pread: the map is read."""
+        mapping, path = getattr(volume, "_mmap", None), getattr(volume, "filename", None)
+        if mapping is None or path is None or not volume.flags.c_contiguous or volume.size == 0:
+            return None
+        if not hasattr(os, "preadv"):
+            return None
+        mapped = np.frombuffer(mapping, np.uint8, count=1).__array_interface__["data"][0]
+        start = volume.offset - volume.offset % mmap.ALLOCATIONGRANULARITY
+        position = start + volume.__array_interface__["data"][0] - mapped
+        return cls(path, position, volume.dtype, volume.size)
+
+    def __getitem__(self, span: slice) -> np.ndarray:
+        count = span.stop - span.start
+        buffer = getattr(self.local, "buffer", None)
+        if buffer is None or buffer.size < count:
+            buffer = self.local.buffer = np.empty(count, self.dtype)
+        part = buffer[:count]
+        wanted = part.view(np.uint8)
+        got = os.preadv(self.file, [wanted], self.position + span.start * self.dtype.itemsize)
+        if got != wanted.size:
+            raise InputError(f"DWI {self.path} ended early while being read; was it changed during the fit?")
+        return part
+
+    def close(self) -> None:
+        os.close(self.file)
 
 
 def _release(source, start: int, stop: int) -> None:
@@ -370,75 +440,99 @@ def _fit_chunk(plan: _FitPlan, sources, start: int, stop: int, buffers: _Buffers
                 continue
             y[shell].fill(0)
             for index in indices:  # a direction of several: "below one step" when 0; NaN stays NaN
-                np.maximum(sources[index][start:stop], plan.floors[index], out=sample, casting="unsafe")
+                np.clip(sources[index][start:stop], plan.floors[index], np.inf, out=sample, casting="unsafe")
                 np.log(sample, out=sample)
                 y[shell] += sample
             y[shell] *= plan.dtype(1.0 / len(indices))
-        _fit_complete(plan, y, buffers, n, out, good)
+        _fit_complete(plan, y, buffers, n, out)
+        np.isfinite(out, out=good)
         if not good.all():
             bad = np.flatnonzero(~good)
             out[bad] = _fit_masked(plan, y[:, bad])
 
 
-def _fit_complete(plan: _FitPlan, y: np.ndarray, buffers: _Buffers, n: int, out: np.ndarray, good: np.ndarray) -> None:
-    """The fit of voxels whose samples are all usable (others get values to be replaced):
-    OLS, then weighted refits with weights S^2 of the fitted signal. `good` is set where every
-    sample is usable: a non-finite log makes the OLS slope non-finite (every shell's
-    coefficient multiplies y - y0, and inf - inf, 0 * inf are NaN)."""
+def _fit_complete(plan: _FitPlan, y: np.ndarray, buffers: _Buffers, n: int, out: np.ndarray) -> None:
+    """The fit of voxels whose samples are all usable; the others come out non-finite (a
+    non-finite log makes the rise above the lowest shell non-finite, and every sum it enters).
+
+    In the voxel's own frame (x and log S relative to the lowest shell, whose weight is 1), the
+    weighted line's slope is (W XY - X Y) / (W XX - X^2) with W the sum of the weights, X of
+    w x, XX of w x^2, Y of w (y - y0), XY of w x (y - y0). The denominator is a sum of positive
+    terms w_s w_t (x_t - x_s)^2; computed as a difference it loses at most a factor W <= the
+    number of shells to cancellation, since no weight exceeds the lowest shell's. Each step
+    works in place where it can: numpy is fastest writing over one of its inputs."""
+    rise = buffers.rise[:, :n]
+    slope, total, sx, sxx, sy, sxy, term = buffers.vectors[:, :n]
+    np.subtract(y[1:], y[0], out=rise)
+    np.multiply(rise[0], plan.ols[1], out=slope)
+    for above in range(1, plan.shells - 1):
+        np.multiply(rise[above], plan.ols[above + 1], out=term)
+        slope += term
+    if not plan.reweights:
+        np.negative(slope, out=out, casting="unsafe")
+        return
     w = buffers.weight[:, :n]
-    slope, peak, sxx, ww, dy = buffers.vectors[1:6, :n]
-    slope.fill(0)
-    for shell in range(1, plan.shells):  # sum(c y) = sum(c (y - y0)), as sum(c) = 0: no cancellation
-        np.subtract(y[shell], y[0], out=dy)
-        dy *= plan.ols[shell]
-        slope += dy
-    np.isfinite(slope, out=good)
-    for _ in range(plan.reweights):
-        # log w = 2 slope (x - x_lowest), less its largest value (at the lowest or highest b)
-        np.multiply(slope, plan.twice_x[-1], out=peak)
-        np.maximum(peak, 0, out=peak)
-        for shell, twice in enumerate(plan.twice_x):
-            np.multiply(slope, twice, out=w[shell])
-            w[shell] -= peak
-            np.maximum(w[shell], EXPONENT_FLOOR, out=w[shell])
-            np.exp(w[shell], out=w[shell])
-        _weighted_slope(plan, y, w, slope, sxx, ww, dy)
-    np.negative(slope, out=out, casting="unsafe")
+    for step in range(plan.reweights):
+        np.clip(slope, plan.lowest_weight_slope, plan.dtype(0), out=slope)
+        np.multiply(plan.twice_x_above, slope, out=w)
+        np.exp(w, out=w)
+        _weighted_sums(plan, w, total, sx, sxx, term)
+        w *= rise  # now w (y - y0)
+        np.copyto(sy, w[0])
+        for above in range(1, plan.shells - 1):
+            sy += w[above]
+        np.multiply(w[0], plan.x_above[0], out=sxy)
+        for above in range(1, plan.shells - 1):
+            np.multiply(w[above], plan.x_above[above], out=term)
+            sxy += term
+        sy *= sx        # X Y
+        sxy *= total    # W XY
+        sx *= sx        # X^2
+        sxx *= total    # W XX
+        sxx -= sx
+        if step + 1 == plan.reweights:
+            sy -= sxy   # -(W XY - X Y): the ADC's numerator
+            np.divide(sy, sxx, out=out, casting="unsafe")
+        else:
+            np.subtract(sxy, sy, out=slope)
+            slope /= sxx
 
 
-def _weighted_slope(plan: _FitPlan, y, w, sxy, sxx, ww, dy) -> None:
-    """Into sxy: the slope of the weighted least-squares line through (x, y) of each column,
-    from its pairwise form sum w_s w_t (x_t - x_s)(y_t - y_s) / sum w_s w_t (x_t - x_s)^2:
-    every term of the denominator positive, no mean subtracted, so float32 loses nothing to
-    cancellation even when the weights span decades."""
-    sxy.fill(0)
-    sxx.fill(0)
-    for first, second, dx in plan.pairs:
-        np.multiply(w[first], w[second], out=ww)
-        ww *= dx
-        np.subtract(y[second], y[first], out=dy)
-        dy *= ww
-        sxy += dy
-        ww *= dx
-        sxx += ww
-    sxy /= sxx
+def _weighted_sums(plan: _FitPlan, w: np.ndarray, total, sx, sxx, term) -> None:
+    """W (1 for the lowest shell plus the others' weights), X and XX of weights `w`."""
+    np.add(w[0], 1, out=total)
+    np.multiply(w[0], plan.x_above[0], out=sx)
+    np.multiply(w[0], plan.x_above_squared[0], out=sxx)
+    for above in range(1, plan.shells - 1):
+        total += w[above]
+        np.multiply(w[above], plan.x_above[above], out=term)
+        sx += term
+        np.multiply(w[above], plan.x_above_squared[above], out=term)
+        sxx += term
 
 
 def _fit_masked(plan: _FitPlan, y: np.ndarray) -> np.ndarray:
     """The fit of voxels with unusable samples (non-finite log): those weigh 0; NaN where fewer
-    than two shells are usable. Few voxels, so plain arrays."""
+    than two shells are usable. The same estimator as _fit_complete, in float64 (few voxels,
+    and a lowest usable shell above x = 0 could cost float32 its precision)."""
     usable = np.isfinite(y)
-    y = np.where(usable, y, 0).astype(plan.dtype)
-    w = usable.astype(plan.dtype)
-    sxy, sxx, ww, dy = np.empty((4, y.shape[1]), plan.dtype)
-    _weighted_slope(plan, y, w, sxy, sxx, ww, dy)
-    twice = np.asarray(plan.twice_x, plan.dtype)[:, None]
+    y = np.where(usable, y, 0.0).astype(np.float64)
+    x = plan.x[:, None]
+    w = usable.astype(np.float64)
+    slope = _line_slope(x, y, w)
     for _ in range(plan.reweights):
-        log_w = np.where(usable, sxy * twice, -np.inf)
-        log_w -= log_w.max(axis=0)
-        w = np.where(usable, np.exp(np.maximum(log_w, EXPONENT_FLOOR)), 0).astype(plan.dtype)
-        _weighted_slope(plan, y, w, sxy, sxx, ww, dy)
-    return np.where(usable.sum(axis=0) >= 2, -sxy, np.nan)
+        weight_slope = np.clip(slope, float(plan.lowest_weight_slope), 0.0)
+        w = np.where(usable, np.exp(2.0 * weight_slope * x), 0.0)
+        slope = _line_slope(x, y, w)
+    return np.where(usable.sum(axis=0) >= 2, -slope, np.nan)
+
+
+def _line_slope(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Slope of each column's weighted least-squares line (NaN without two weighted points)."""
+    total, sx, sy = w.sum(axis=0), (w * x).sum(axis=0), (w * y).sum(axis=0)
+    sxx, sxy = (w * x * x).sum(axis=0), (w * x * y).sum(axis=0)
+    with np.errstate(all="ignore"):
+        return (total * sxy - sx * sy) / (total * sxx - sx * sx)
 
 
 def trace_weighted(
