@@ -153,6 +153,81 @@ def test_4d_files_read_as_simpleitk_reads_them(dwi_files, kind, mapped):
     np.testing.assert_allclose(dwi.ijk_to_ras, expected, atol=1e-5)
 
 
+def raw_nrrd(path: Path, volume_kji: np.ndarray, endian: str, comment: str) -> None:
+    """A raw 3-D NRRD written by hand: `comment` shifts the data to an odd offset."""
+    header = (f"NRRD0004\n# {comment}\ntype: float\ndimension: 3\nspace: left-posterior-superior\n"
+              f"sizes: {' '.join(str(n) for n in volume_kji.shape[::-1])}\n"
+              "space directions: (1.5,0,0) (0,1.5,0) (0,0,4)\nkinds: domain domain domain\n"
+              f"endian: {'big' if endian == '>' else 'little'}\nencoding: raw\nspace origin: (0,0,0)\n\n")
+    path.write_bytes(header.encode("ascii") + volume_kji.astype(endian + "f4").tobytes())
+
+
+def test_mapped_files_are_fitted_as_the_same_voxels_in_memory(dwi_files, tmp_path):
+    """Files the engine reads with pread (contiguous maps: 4-D NIfTI, 3-D NRRD at odd offsets,
+    big-endian) and through their map (interleaved 4-D NRRD) give the map of the same arrays
+    in memory, voxel for voxel, whatever the chunks."""
+    from VertebralMarrowLib.core.adc import _FileRun
+
+    _, paths, volumes = dwi_files
+    singles = []
+    for n, volume in enumerate(volumes):
+        singles.append(tmp_path / f"b{n}.nrrd")
+        raw_nrrd(singles[-1], volume, "<>"[n % 2], "x" * (n * 7 + 3))
+    expected = fit_adc_volume([np.array(v) for v in volumes], B)
+    for files, bvalues, by_pread in (([paths["nii"]], [], True), ([paths["nrrd"]], B, False), (singles, B, True)):
+        dwi = read_dwi_files(files, bvalues)
+        assert all((_FileRun.of(v) is not None) == by_pread for v in dwi.volumes)
+        for chunk in (10**6, 1000, 333):
+            np.testing.assert_array_equal(fit_adc_volume(dwi.volumes, dwi.bvalues, chunk_voxels=chunk), expected)
+
+
+def test_the_streamed_map_is_the_map_written_whole(dwi_files, tmp_path):
+    """A raw .nrrd is written while it is fitted; a gzip .nrrd from the whole map: the same
+    header but for the encoding, the same bytes of data, and no temporary file left."""
+    import gzip
+
+    _, paths, _ = dwi_files
+    streamed, whole = tmp_path / "streamed.nrrd", tmp_path / "whole.nrrd"
+    for out, extra in ((streamed, ()), (whole, ("--compress",))):
+        report, done = run_adc("-q", "adc", "--dwi", paths["nii"], *extra, "--out", out)
+        assert report["status"] == 0, done.stderr
+    parts = [path.read_bytes().split(b"\n\n", 1) for path in (streamed, whole)]
+    assert parts[0][0].replace(b"encoding: raw", b"encoding: gzip") == parts[1][0]
+    assert parts[0][1] == gzip.decompress(parts[1][1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.nrrd", "whole.nrrd"]
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nrrd"])
+def test_a_truncated_raw_dwi_is_one_error_line(dwi_files, tmp_path, suffix):
+    _, paths, _ = dwi_files
+    source = paths["nii"] if suffix == ".nii" else tmp_path / "whole.nrrd"
+    if suffix == ".nrrd":
+        raw_nrrd(source, np.ones((6, 18, 22), np.float32), "<", "one volume")
+    data = source.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) - 1000])
+    out = tmp_path / "adc.nrrd"
+    report, done = run_adc("-q", "adc", "--dwi", cut, "--bvalues", "0,50,400,800" if suffix == ".nii" else "0",
+                           "--out", out)
+    assert report["status"] == 2
+    assert done.stderr.startswith(f"error: DWI {cut} holds ") and "the file is truncated" in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and not out.exists()
+
+
+def test_the_program_gives_openblas_one_thread_unless_told_otherwise():
+    """OpenBLAS's spinning thread would take a core from the fit: the program (not a Python
+    session that calls main) sets OPENBLAS_NUM_THREADS=1 before numpy loads, unless set."""
+    code = ("import os, sys\nfrom VertebralMarrowLib.cli import main\nsys.argv = ['vertebral-marrow', '--version']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint(os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = SOURCES
+    for prefix, given, expected in (("", None, "1"), ("", "3", "3"), ("import numpy\n", None, "None")):
+        run_env = dict(env, **({"OPENBLAS_NUM_THREADS": given} if given else {}))
+        done = subprocess.run([sys.executable, "-c", prefix + code], capture_output=True,
+                              text=True, env=run_env, timeout=60)
+        assert done.stdout.strip().splitlines()[-1] == expected, done.stderr
+
+
 def run_adc(*args, check_modules=False):
     code = (
         "import sys, json\n"

@@ -195,7 +195,7 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
     """Fit DWI into an ADC map file (float32, 10^-3 mm^2/s, DWI grid, the unit in the file);
     return the b-values (shells) used. A map without one finite voxel is an error, not written."""
     from .core.adc import _check_method, fit_adc_volume, group_shells, select_bvalues
-    from .outputs.map_file import MAP_SUFFIXES, check_map_path, write_map
+    from .outputs.map_file import MAP_SUFFIXES, MapStream, check_map_path, streams, write_map
 
     from .core.criteria import checked_number
     from .inputs.validate import check_bvalues, check_dwi_paths, check_image, check_output_not_input, check_signal
@@ -228,27 +228,41 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
     bvalues = check_bvalues(bvalues, f"b-values of {where}")
     kept = select_bvalues(bvalues, bmin, bmax)
     used = [bvalues[i] for i in kept]
-    adc = fit_adc_volume([volumes[i] for i in kept], used, method, progress)
-    if not _any_finite(adc):
-        raise InputError(f"the ADC fit gave no finite voxel (b = {', '.join(f'{b:g}' for b in used)} s/mm^2): "
-                         "every voxel lacks positive signal at two b-values; is this DWI?")
-    for i in kept:  # a b-value image without signal must not be reported as used
-        check_signal(volumes[i], f"{where} (b = {bvalues[i]:g})")
+    selected = [volumes[i] for i in kept]
+
+    def check_fitted(any_finite: bool) -> None:
+        if not any_finite:
+            raise InputError(f"the ADC fit gave no finite voxel (b = {', '.join(f'{b:g}' for b in used)} s/mm^2): "
+                             "every voxel lacks positive signal at two b-values; is this DWI?")
+        for i in kept:  # a b-value image without signal must not be reported as used
+            check_signal(volumes[i], f"{where} (b = {bvalues[i]:g})")
+
     if out_path.name.lower().endswith((".nhdr", ".mhd")):  # header and data files: written in place
+        adc = fit_adc_volume(selected, used, method, progress)
+        check_fitted(_any_finite(adc))
         write_map(out_path, adc, ijk_to_ras, compress=compress)
-    else:
-        # Written beside the target under a temporary name (same suffix, so the same writer) and
-        # moved into place: an interrupted run leaves the previous map or none, never half of one.
-        # The previous map goes first: renamed over an existing file, ext4 writes the new one to
-        # disk at once (its replace-via-rename safeguard), which cost up to 0.4 s here.
-        suffix = next(s for s in MAP_SUFFIXES if out_path.name.lower().endswith(s))
-        temporary = out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
-        try:
+        return group_shells(used)[0]
+    # Written beside the target under a temporary name (same suffix, so the same writer) and
+    # moved into place: an interrupted run leaves the previous map or none, never half of one.
+    # The previous map goes first: renamed over an existing file, ext4 writes the new one to
+    # disk at once (its replace-via-rename safeguard), which cost up to 0.4 s here. A raw NRRD
+    # is written while it is fitted (MapStream): no whole map in memory.
+    suffix = next(s for s in MAP_SUFFIXES if out_path.name.lower().endswith(s))
+    temporary = out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
+    try:
+        if streams(out_path, compress):
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            with MapStream(temporary, selected[0].shape, ijk_to_ras) as stream:
+                fit_adc_volume(selected, used, method, progress, sink=stream.write)
+            check_fitted(stream.any_finite)
+        else:
+            adc = fit_adc_volume(selected, used, method, progress)
+            check_fitted(_any_finite(adc))
             write_map(temporary, adc, ijk_to_ras, compress=compress)
-            out_path.unlink(missing_ok=True)
-            os.replace(temporary, out_path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        out_path.unlink(missing_ok=True)
+        os.replace(temporary, out_path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return group_shells(used)[0]
 
 

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from .validate import read_text
+from .validate import ImageInfo, read_text
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -99,9 +99,10 @@ def open_image(path: Path, what: str) -> Tuple[List[np.ndarray], np.ndarray, lis
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} file not found: {path}")
-    mapped = _memory_map(path)
-    if mapped is not None:  # uncompressed NIfTI-1 or raw NRRD: read here, SimpleITK not even imported
-        return mapped[0], mapped[1], []
+    layout = raw_layout(path)
+    if layout is not None:  # uncompressed NIfTI-1 or raw NRRD: read here, SimpleITK not even imported
+        layout.check_complete(what)
+        return layout.volumes(), layout.ijk_to_ras, []
     sitk = simpleitk()
 
     try:
@@ -181,17 +182,48 @@ def bval_sidecar(path: Path) -> Optional[Path]:
 # to SimpleITK, so the geometry is always the one ITK (and so Slicer) gives.
 
 
-def _memory_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
-    """(volumes, IJK-to-RAS) mapped straight from the file where the format allows, else None."""
-    name = path.name.lower()
+@dataclass
+class RawLayout:
+    """Where an uncompressed NIfTI-1 or raw NRRD keeps its voxels, from its header alone."""
+
+    data_path: Path
+    offset: int
+    dtype: np.dtype
+    shape: Tuple[int, ...]         # numpy order, slowest axis first
+    list_axis: Optional[int]       # numpy axis of a 4-D file's non-spatial axis
+    ijk_to_ras: np.ndarray
+
+    def volumes(self) -> List[np.ndarray]:
+        """The 3-D volumes (k, j, i), memory-mapped."""
+        mapped = np.memmap(self.data_path, self.dtype, "r", self.offset, self.shape)
+        if self.list_axis is None:
+            return [mapped]
+        return list(np.moveaxis(mapped, self.list_axis, 0))
+
+    def info(self) -> ImageInfo:
+        """What SimpleITK's header read would report, for the checks of validate.check_image."""
+        spacing = tuple(float(v) for v in np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0))
+        return ImageInfo(len(self.shape), tuple(self.shape[::-1]), spacing + (1.0,) * (len(self.shape) - 3), 1)
+
+    def check_complete(self, what: str) -> None:
+        expected = self.offset + int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        total = self.data_path.stat().st_size
+        if total < expected:
+            raise InputError(f"{what} {self.data_path} holds {total:,} bytes where its header promises {expected:,}; "
+                             f"the file is truncated")
+
+
+def raw_layout(path: Path) -> Optional[RawLayout]:
+    """The layout of a file this module reads itself (uncompressed NIfTI-1, raw NRRD), else None."""
+    name = Path(path).name.lower()
     if name.endswith(".nii"):
-        return _nifti_map(path)
+        return _nifti_layout(Path(path))
     if name.endswith((".nrrd", ".nhdr")):
-        return _nrrd_map(path)
+        return _nrrd_layout(Path(path))
     return None
 
 
-def _nifti_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
+def _nifti_layout(path: Path) -> Optional[RawLayout]:
     with open(path, "rb") as handle:
         header = handle.read(348)
     if len(header) < 348:
@@ -206,14 +238,14 @@ def _nifti_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
     pixdim = struct.unpack(endian + "8f", header[76:108])
     offset, slope, intercept = struct.unpack(endian + "3f", header[108:120])
     scaled = slope not in (0.0, 1.0) or (slope != 0.0 and intercept != 0.0)
-    if datatype not in _NIFTI_TYPES or scaled or dims[0] not in (3, 4):
+    if datatype not in _NIFTI_TYPES or scaled or dims[0] not in (3, 4) or min(dims[1:dims[0] + 1]) < 1:
         return None
     ijk_to_ras = _nifti_grid(header, endian, pixdim)
     if ijk_to_ras is None:
         return None
-    shape = tuple(dims[1:dims[0] + 1])[::-1]  # x fastest on disk
-    mapped = np.memmap(path, np.dtype(endian + _NIFTI_TYPES[datatype]), "r", int(offset), shape)
-    return (list(mapped) if dims[0] == 4 else [mapped]), ijk_to_ras
+    shape = tuple(int(d) for d in dims[1:dims[0] + 1])[::-1]  # x fastest on disk
+    return RawLayout(path, int(offset), np.dtype(endian + _NIFTI_TYPES[datatype]), shape,
+                     0 if dims[0] == 4 else None, ijk_to_ras)
 
 
 def _nifti_grid(header: bytes, endian: str, pixdim) -> Optional[np.ndarray]:
@@ -243,7 +275,7 @@ def _nifti_grid(header: bytes, endian: str, pixdim) -> Optional[np.ndarray]:
     return grids[0]
 
 
-def _nrrd_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
+def _nrrd_layout(path: Path) -> Optional[RawLayout]:
     with open(path, "rb") as handle:
         head = handle.read(1 << 16)
     if not head.startswith(b"NRRD"):
@@ -260,7 +292,7 @@ def _nrrd_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
         return None
     code = _NRRD_TYPE_OF.get(fields.get("type", "").lower())
     sizes = [int(v) for v in fields.get("sizes", "").split()]
-    if code is None or len(sizes) not in (3, 4):
+    if code is None or len(sizes) not in (3, 4) or min(sizes) < 1:
         return None
     if "data file" in fields or "datafile" in fields:
         data = fields.get("data file", fields.get("datafile"))
@@ -279,11 +311,8 @@ def _nrrd_map(path: Path) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
     if ijk_to_ras is None or not data_path.is_file():
         return None
     endian = "<" if fields.get("endian", "little").lower() == "little" else ">"
-    mapped = np.memmap(data_path, np.dtype(endian + code), "r", offset, tuple(sizes[::-1]))
-    if len(sizes) == 3:
-        return [mapped], ijk_to_ras
-    axis = len(sizes) - 1 - other[0]  # numpy axes run slowest first
-    return list(np.moveaxis(mapped, axis, 0)), ijk_to_ras
+    list_axis = len(sizes) - 1 - other[0] if len(sizes) == 4 else None  # numpy axes run slowest first
+    return RawLayout(data_path, offset, np.dtype(endian + code), tuple(sizes[::-1]), list_axis, ijk_to_ras)
 
 
 def _nrrd_grid(fields: dict, spatial_axes: List[int]) -> Optional[np.ndarray]:

@@ -65,10 +65,22 @@ def check_image(path, what: str, kind: str = "volume", complete: bool = True) ->
     4-D scalar), "labelmap" (3-D scalar of non-negative integer labels) or "segmentation" (a
     Slicer .seg.nrrd: 3-D, one component per layer). `complete=False` leaves the payload of
     NRRD and MHA files to the caller's own SimpleITK read, which raises on a short one (NIfTI's
-    reader does not, so its size is always checked)."""
+    reader does not, so its size is always checked). A DWI in a layout inputs.dwi_files reads
+    itself (uncompressed NIfTI-1, raw NRRD) is checked from that reader's parse of its header:
+    the `adc` command then never imports SimpleITK."""
+    path = check_readable(path, what)
+    if kind == "dwi":
+        from .dwi_files import raw_layout
+
+        layout = raw_layout(path)
+        if layout is not None:
+            info = layout.info()
+            _check_shape(path, what, kind, info)
+            _check_spacing(path, what, info)
+            layout.check_complete(what)
+            return info
     import SimpleITK as sitk
 
-    path = check_readable(path, what)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -155,8 +167,8 @@ def _check_nifti_size(path: Path, what: str) -> None:
             vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
             count = int(np.prod([max(int(d), 1) for d in dims[1:1 + max(int(dims[0]), 0)]], dtype=np.int64))
             expected = max(vox_offset, 348) + count * max(int(bitpix), 0) // 8
-            total = len(header)
-            while True:
+            total = len(header) if compressed else path.stat().st_size
+            while compressed:  # gzip: read to its end to count
                 block = stream.read(1 << 22)
                 if not block:
                     break

@@ -4,6 +4,7 @@ NRRD's `content` field, NIfTI's description. NRRD is written here straight from 
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -36,21 +37,9 @@ def write_map(path, array_kji: np.ndarray, ijk_to_ras: np.ndarray, content: str 
 
 
 def _write_nrrd(path: Path, array: np.ndarray, ijk_to_ras: np.ndarray, content: str, compress: bool) -> None:
-    ijk_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras
-    vectors = " ".join("(" + ",".join(f"{v:.17g}" for v in ijk_to_lps[:3, axis]) + ")" for axis in range(3))
-    origin = "(" + ",".join(f"{v:.17g}" for v in ijk_to_lps[:3, 3]) + ")"
     data = np.ascontiguousarray(array, "<f4")
-    header = (
-        "NRRD0004\n"
-        "# Complete NRRD file format specification at: http://teem.sourceforge.net/nrrd/format.html\n"
-        "type: float\ndimension: 3\nspace: left-posterior-superior\n"
-        f"sizes: {' '.join(str(n) for n in data.shape[::-1])}\n"
-        f"space directions: {vectors}\nkinds: domain domain domain\nendian: little\n"
-        f"encoding: {'gzip' if compress else 'raw'}\nspace origin: {origin}\n"
-        f"content: {content}\n\n"
-    )
     with open(path, "wb") as handle:
-        handle.write(header.encode("ascii"))
+        handle.write(_nrrd_header(data.shape, ijk_to_ras, content, compress))
         flat = memoryview(data.reshape(-1)).cast("B")
         if not compress:
             handle.write(flat)
@@ -59,6 +48,64 @@ def _write_nrrd(path: Path, array: np.ndarray, ijk_to_ras: np.ndarray, content: 
         for start in range(0, len(flat), _CHUNK_BYTES):
             handle.write(packer.compress(flat[start:start + _CHUNK_BYTES]))
         handle.write(packer.flush())
+
+
+def _nrrd_header(shape_kji, ijk_to_ras: np.ndarray, content: str, compress: bool) -> bytes:
+    """The header of a float32 NRRD on the grid `ijk_to_ras` (NRRD's space is LPS)."""
+    ijk_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras
+    vectors = " ".join("(" + ",".join(f"{v:.17g}" for v in ijk_to_lps[:3, axis]) + ")" for axis in range(3))
+    origin = "(" + ",".join(f"{v:.17g}" for v in ijk_to_lps[:3, 3]) + ")"
+    return (
+        "NRRD0004\n"
+        "# Complete NRRD file format specification at: http://teem.sourceforge.net/nrrd/format.html\n"
+        "type: float\ndimension: 3\nspace: left-posterior-superior\n"
+        f"sizes: {' '.join(str(n) for n in tuple(shape_kji)[::-1])}\n"
+        f"space directions: {vectors}\nkinds: domain domain domain\nendian: little\n"
+        f"encoding: {'gzip' if compress else 'raw'}\nspace origin: {origin}\n"
+        f"content: {content}\n\n"
+    ).encode("ascii")
+
+
+def streams(path, compress: bool = False) -> bool:
+    """Whether a map file can be written as it is computed (MapStream): raw NRRD in one file,
+    where the system writes at an offset from several threads (pwrite; not Windows)."""
+    return str(path).lower().endswith(".nrrd") and not compress and hasattr(os, "pwrite")
+
+
+class MapStream:
+    """A raw NRRD map written while it is computed: the header first, then each chunk of voxels
+    at its own place (pwrite, from whichever thread fitted it), so the whole map never has to be
+    in memory. `any_finite` tells whether any voxel written was finite."""
+
+    def __init__(self, path, shape_kji, ijk_to_ras: np.ndarray, content: str = ADC_UNIT_TEXT):
+        header = _nrrd_header(shape_kji, ijk_to_ras, content, compress=False)
+        self.path = Path(path)
+        self.file = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.data_start = len(header)
+        self.any_finite = False
+        self._write_at(header, 0)
+        os.ftruncate(self.file, self.data_start + 4 * int(np.prod(shape_kji, dtype=np.int64)))
+
+    def write(self, first_voxel: int, values: np.ndarray) -> None:
+        data = np.ascontiguousarray(values, "<f4")
+        self._write_at(memoryview(data.reshape(-1)).cast("B"), self.data_start + 4 * first_voxel)
+        if not self.any_finite and np.isfinite(data).any():
+            self.any_finite = True
+
+    def _write_at(self, data, position: int) -> None:
+        data = memoryview(data)
+        while len(data):
+            written = os.pwrite(self.file, data, position)
+            data, position = data[written:], position + written
+
+    def close(self) -> None:
+        os.close(self.file)
+
+    def __enter__(self) -> "MapStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _write_sitk(path: Path, array: np.ndarray, ijk_to_ras: np.ndarray, content: str, compress: bool) -> None:
