@@ -6,6 +6,7 @@ Exit status 0 on success, 2 on bad input with one line `error: ...`.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    if argv is None:  # run as the program, not called from a Python session
+        _one_blas_thread()
     try:
         args = build_parser().parse_args(_attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
         if not getattr(args, "verbose", False):
@@ -217,6 +220,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_blas_thread() -> None:
+    """OpenBLAS starts a thread per core when numpy is imported, and that thread spins for a
+    while after start-up and after each call: about 0.1 s of a core, taken from the ADC fit's
+    own threads. The command line does no linear algebra that threads would help, so, unless the
+    user set it, OpenBLAS gets one thread (before numpy is imported: it reads this only then)."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _quiet_native_logs(command: str) -> None:
