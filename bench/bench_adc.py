@@ -2,7 +2,7 @@
 
 Generated data: 384 x 384 x 160 voxels x 4 b-values (0, 50, 400, 800 s/mm^2), float32
 uncompressed NIfTI, ADC 0.3-3.0 x 10^-3 mm^2/s, S0 200-2000, Rician noise at SNR 30 (of the
-mean S0). Prints, each the best of --repeat runs:
+mean S0). Prints, each the best (and the median) of --repeat runs, the tools taking turns:
   - `vertebral-marrow adc` (the fit, iwls and ols) and `dwi2adc -nthreads 2`, with both RMSEs
     against the truth (10^-3 mm^2/s, voxels both fitted);
   - the naive per-voxel scipy `curve_fit`, timed on a sample and extrapolated;
@@ -12,7 +12,7 @@ mean S0). Prints, each the best of --repeat runs:
 
 MRtrix3: `apt-get install mrtrix3` (Debian/Ubuntu) or https://www.mrtrix.org/download/;
 without it the dwi2adc column is skipped.
-Run:  .venv/bin/python bench/bench_adc.py [--size 384 384 160] [--repeat 3]
+Run:  .venv/bin/python bench/bench_adc.py [--size 384 384 160] [--repeat 5]
 Not a test: it prints a table.
 """
 
@@ -76,19 +76,27 @@ def synthetic(shape_kji, seed=0):
     return adc, volumes
 
 
-def best_of(repeat, command, env=None):
-    """(wall seconds, CPU seconds: user + system of the process), each the best of `repeat`."""
-    times, cpus = [], []
+def timed(command, env=None):
+    """(wall seconds, CPU seconds: user + system) of one run of `command`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{done.stderr}")
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def interleaved(repeat, commands, env=None):
+    """Each command `repeat` times, in rounds of one run each (so drifting load on the machine
+    falls on all alike): {name: (best wall, best CPU, median wall)}."""
+    runs = {name: [] for name in commands}
     for _ in range(repeat):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        times.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-        if done.returncode != 0:
-            raise SystemExit(f"{' '.join(map(str, command))} failed:\n{done.stderr}")
-    return min(times), min(cpus)
+        for name, (command, command_env) in commands.items():
+            runs[name].append(timed(command, command_env))
+    return {name: (min(t for t, _ in done), min(c for _, c in done), float(np.median([t for t, _ in done])))
+            for name, done in runs.items()}
 
 
 def read_map(path: Path, volume: int = 0) -> np.ndarray:
@@ -166,7 +174,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=3, default=(384, 384, 160), metavar=("I", "J", "K"))
     parser.add_argument("--whole-body", type=int, nargs=3, default=(400, 400, 200), metavar=("I", "J", "K"))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     env = dict(os.environ, PYTHONPATH=str(SOURCES) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # byte-compiled, as pip leaves an installed package (PYTHONDONTWRITEBYTECODE would otherwise
@@ -186,31 +194,34 @@ def main(argv=None):
                                                     " ".join("0" for _ in BVALUES) for axis in range(3)) + "\n")
         voxels = truth.size
         print(f"\n`adc` on {ni} x {nj} x {nk} x {len(BVALUES)} float32 NIfTI ({dwi.stat().st_size / MB:.0f} MB), "
-              f"b = {', '.join(f'{b:g}' for b in BVALUES)}, Rician SNR {SNR:g}; best of {args.repeat}")
-        print(f"{'':34s} {'seconds':>8s} {'CPU s':>6s} {'Mvoxel/s':>9s} {'RMSE':>7s} {'NaN %':>6s}")
-        rows = {}
-        for method in ("iwls", "ols"):
-            out = scratch / f"adc_{method}.nrrd"  # uncompressed, as dwi2adc writes its .nii
-            seconds = best_of(args.repeat, command + ["--dwi", str(dwi), "--method", method, "--out", str(out)], env)
-            rows[method] = seconds + rmse(read_map(out), truth)
+              f"b = {', '.join(f'{b:g}' for b in BVALUES)}, Rician SNR {SNR:g}; best and median of {args.repeat}, taking turns")
+        print(f"{'':34s} {'seconds':>8s} {'CPU s':>6s} {'median':>7s} {'Mvoxel/s':>9s} {'RMSE':>7s} {'NaN %':>6s}")
+        outputs = {"iwls": scratch / "adc_iwls.nrrd", "ols": scratch / "adc_ols.nrrd",  # uncompressed, as
+                   "dwi2adc": scratch / "dwi2adc.nii"}                                 # dwi2adc writes its .nii
+        commands = {method: (command + ["--dwi", str(dwi), "--method", method, "--out", str(outputs[method])], env)
+                    for method in ("iwls", "ols")}
         if dwi2adc:
-            out = scratch / "dwi2adc.nii"
-            seconds = best_of(args.repeat, [dwi2adc, str(dwi), str(out), "-fslgrad", str(scratch / "dwi.bvec"),
-                                            str(scratch / "dwi.bval"), "-nthreads", "2", "-force", "-quiet"])
-            rows["dwi2adc"] = seconds + rmse(read_map(out, volume=1) * 1000.0, truth)  # mm^2/s -> 10^-3
+            commands["dwi2adc"] = ([dwi2adc, str(dwi), str(outputs["dwi2adc"]), "-fslgrad", str(scratch / "dwi.bvec"),
+                                    str(scratch / "dwi.bval"), "-nthreads", "2", "-force", "-quiet"], None)
+        timings = interleaved(args.repeat, commands)
+        rows = {method: timings[method] + rmse(read_map(outputs[method]), truth) for method in ("iwls", "ols")}
+        if dwi2adc:
+            rows["dwi2adc"] = timings["dwi2adc"] + rmse(read_map(outputs["dwi2adc"], volume=1) * 1000.0, truth)  # mm^2/s -> 10^-3
         names = {"iwls": "vertebral-marrow adc (iwls)", "ols": "vertebral-marrow adc --method ols",
                  "dwi2adc": "MRtrix3 dwi2adc -nthreads 2"}
-        for key, (seconds, cpu, error, nan) in rows.items():
-            print(f"{names[key]:34s} {seconds:8.2f} {cpu:6.2f} {voxels / seconds / 1e6:9.1f} {error:7.4f} {100 * nan:6.2f}")
+        for key, (seconds, cpu, median, error, nan) in rows.items():
+            print(f"{names[key]:34s} {seconds:8.2f} {cpu:6.2f} {median:7.2f} {voxels / seconds / 1e6:9.1f} {error:7.4f} "
+                  f"{100 * nan:6.2f}")
         if not dwi2adc:
             print("MRtrix3 dwi2adc: not installed (apt-get install mrtrix3); column skipped")
         per_voxel = naive_curve_fit_seconds(volumes)
         print(f"{'scipy curve_fit per voxel (extrap.)':34s} {per_voxel * voxels:8.0f} {'':6s} {1 / per_voxel / 1e6:9.4f}")
         print(f"{'read floor (the file once)':34s} {read_floor(dwi):8.2f}")
         if dwi2adc:
-            print(f"adc (iwls) is {rows['dwi2adc'][0] / rows['iwls'][0]:.2f}x dwi2adc's speed, "
+            print(f"adc (iwls) is {rows['dwi2adc'][0] / rows['iwls'][0]:.2f}x dwi2adc's speed "
+                  f"({rows['dwi2adc'][2] / rows['iwls'][2]:.2f}x by the medians), "
                   f"{rows['dwi2adc'][1] / rows['iwls'][1]:.2f}x in CPU time (goal >= 2x), "
-                  f"RMSE {rows['iwls'][2]:.4f} vs {rows['dwi2adc'][2]:.4f} (goal: no worse)")
+                  f"RMSE {rows['iwls'][3]:.4f} vs {rows['dwi2adc'][3]:.4f} (goal: no worse)")
         del truth, volumes
 
         ni, nj, nk = args.whole_body
