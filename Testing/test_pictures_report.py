@@ -39,7 +39,7 @@ from VertebralMarrowLib.mrml import (
 )
 from VertebralMarrowLib.outputs.nodes import class_color_node, overlay_node
 from VertebralMarrowLib.outputs.charts import plot_nodes
-from VertebralMarrowLib.outputs.rendering import VIEW_PIXELS, RoiVoxels, SliceRenderer, roi_outlines, view_boxes
+from VertebralMarrowLib.outputs.rendering import REFERENCE_COLOR, VIEW_PIXELS, RoiVoxels, SliceRenderer, roi_outlines, view_boxes
 from VertebralMarrowLib.outputs.report import write_report
 from VertebralMarrowLib.pipeline import run_analysis
 
@@ -103,6 +103,7 @@ class ReportParser(HTMLParser):
         self.links, self.text, self.figures = [], [], []
         self.lesion, self.heading, self.in_h3, self.figure_class = None, {}, False, None
         self.bars, self.in_title = [], False  # inline SVG histograms: (lesion, fill, title text)
+        self.points = []  # the inline SVG summary's ROIs: [fill, title text]
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -122,6 +123,12 @@ class ReportParser(HTMLParser):
             self.bars.append([self.lesion, attrs.get("fill"), ""])
         elif tag == "title" and self.figure_class == "histogram" and self.bars:
             self.in_title = True
+        elif tag == "g" and self.figure_class == "summary" and attrs.get("class") == "roi":
+            self.points.append([None, ""])
+        elif tag == "circle" and self.figure_class == "summary" and self.points:
+            self.points[-1][0] = attrs.get("fill")
+        elif tag == "title" and self.figure_class == "summary" and self.points and not self.points[-1][0]:
+            self.in_title = True
 
     def handle_endtag(self, tag):
         if tag == "title":
@@ -135,7 +142,10 @@ class ReportParser(HTMLParser):
 
     def handle_data(self, data):
         if self.in_title:
-            self.bars[-1][2] += data
+            if self.figure_class == "summary":
+                self.points[-1][1] += data
+            else:
+                self.bars[-1][2] += data
             return
         self.text.append(data)
         if self.in_h3 and self.lesion:
@@ -315,7 +325,7 @@ def test_outlines_trace_each_roi_in_view(live):
     inside an ROI or outside all of them is touched."""
     from scipy import ndimage
 
-    from VertebralMarrowLib.outputs.rendering import OTHER_ROI_COLOR, REFERENCE_COLOR, _with_outlines
+    from VertebralMarrowLib.outputs.rendering import OTHER_ROI_COLOR, _with_outlines
 
     ids = [d["id"] for d in live.result.segments]
     roles = {d["id"]: d["role"] for d in live.result.segments}
@@ -367,14 +377,15 @@ def test_png_writer_round_trips_every_pixel(tmp_path):
 
 
 def test_without_matplotlib_snapshots_are_still_written(live, tmp_path, monkeypatch):
-    """A bare Slicer has no matplotlib: the views are written by VTK alone and plots skipped."""
+    """A bare Slicer has no matplotlib: the views are written by VTK alone; the histograms and
+    the summary are SVG text, drawn all the same."""
     from VertebralMarrowLib.outputs import figures
 
     monkeypatch.setattr(figures, "_matplotlib_available", lambda: False)
     written = figures.write_pictures(live.scene, live.study, live.result, live.overlay, tmp_path)
     lesions = live.result.lesion_rows
     snapshots = [p for p in written if p.kind == "snapshot"]
-    assert {p.kind for p in written} == {"snapshot", "histogram"}  # histograms are SVG text, no library
+    assert {p.kind for p in written} == {"snapshot", "histogram", "summary"}  # SVG text, no library
     assert len(snapshots) == len(lesions) + 1
     rows = {row["segment"]: row for row in lesions}
     for picture in snapshots:
@@ -398,7 +409,8 @@ def _with_adc(result, row) -> int:
 
 def test_histograms_and_summary_plot_are_drawn(run):
     """Each lesion's inline SVG histogram counts every one of its ADC voxels, in bars of its
-    class colour (the class table's) for lesions clear of the cut-off; the summary is a PNG."""
+    class colour (the class table's) for lesions clear of the cut-off; the summary, inline SVG
+    too, has every measured ROI at its mean in its colour."""
     colours = {c.key: c.hex for c in CLASSES}
     for row in _lesions(run.result):
         bars = run.parsed.lesion_bars(row["segment"])
@@ -407,11 +419,18 @@ def test_histograms_and_summary_plot_are_drawn(run):
         bars = run.parsed.lesion_bars(row["segment"])
         own = sum(count for fill, count in bars if fill == colours[row["adc_class"]])
         assert own > 0.8 * row["n_voxels_adc"], f"{row['segment']}: histogram bars not in the class colour"
-    summary = [src for _, cls, src, _ in run.parsed.figures if cls == "summary"]
-    assert len(summary) == 1
-    rgb = _rgb(run.out / unquote(summary[0]))
-    red, green = _class_pixels(rgb)
-    assert red.sum() > 100 and green.sum() > 100
+    # the summary: one point per measured ROI, named, at its mean, in its class colour (lesions)
+    # or the reference's colour
+    measured = [row for row in run.result.rows if row["adc_mean"] is not None]
+    assert len(run.parsed.points) == len(measured)
+    for (fill, title), row in zip(run.parsed.points, measured):
+        assert title.startswith(f"{row['segment']}: mean ADC {row['adc_mean']:.2f} ± "), title
+        if row["role"] == "lesion" and row["adc_class"] in colours:
+            assert fill == colours[row["adc_class"]], title
+        elif row["role"] == "reference":
+            assert fill == REFERENCE_COLOR, title
+    fills = {fill for fill, _ in run.parsed.points}
+    assert colours["malignant"] in fills and colours["benign"] in fills
 
 
 def test_plot_chart_nodes_hold_every_lesion_voxel(live):

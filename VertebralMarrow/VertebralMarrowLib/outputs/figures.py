@@ -1,6 +1,6 @@
 """The pictures of one analysis for the report: per lesion a snapshot (rendering.py, no
 plotting library) and an ADC histogram as inline SVG text; once per study the overview of all
-lesions and the summary plot, drawn by matplotlib.
+lesions (its title and lesion list drawn by matplotlib) and the summary plot, inline SVG text.
 
 matplotlib is imported inside the functions that need it (Agg canvas, never pyplot) so that
 importing this module is fast and never changes pyplot's backend inside Slicer.
@@ -31,7 +31,8 @@ LIST_LINE_MIN = 0.05  # of the overview's list panel (320 px): 16 px a line, leg
 def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progress = None) -> List[Picture]:
     """An overview of all lesions; per lesion one snapshot (axial and sagittal through its
     centre, on T2 or STIR above and on the ADC map below) and its ADC histogram (inline SVG);
-    the summary plot. Per lesion no plotting library: milliseconds each, flat in the count."""
+    the summary plot (inline SVG). Per lesion no plotting library: milliseconds each, flat in
+    the count."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda fraction, text: None)
@@ -84,9 +85,8 @@ def write_pictures(scene, study, result, overlay_node, out_dir, progress: Progre
         values = voxels.adc_values(detail["id"])
         if values.size:  # a ROI without ADC voxel centres (no DWI signal, a small focus) has no histogram
             pictures.append(histogram_picture(values, rows[detail["name"]], result, reference_adc))
-    if plotting:
-        report(0.95, "summary plot")
-        pictures.append(write_summary_plot(result, out / "summary_adc.png"))
+    report(0.95, "summary plot")
+    pictures.append(summary_picture(result))
     report(1.0, "pictures written")
     return pictures
 
@@ -345,94 +345,113 @@ def histogram_svg(values: np.ndarray, cutoff: float, band: float, mean: Optional
     return "".join(parts)
 
 
-def write_summary_plot(result, path: Path) -> Picture:
-    """Every ROI's mean ADC (± SD) against the published entity ranges and the cut-off."""
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
+def summary_picture(result) -> Picture:
+    """Every ROI's mean ADC (± SD) against the published entity ranges and the cut-off, as
+    inline SVG text: one row per ROI, so it costs microseconds per ROI and stays sharp."""
     cutoff = result.options.adc_cutoff
-    entities = sorted(result.options.criteria["entities"].values(), key=lambda e: e["adc"]["mean"])
-    rows = [row for row in result.rows if row["adc_mean"] is not None]
-    gap = 1.8  # between the published ranges and the ROIs measured here
-    figure = Figure(figsize=(10.0, 2.4 + 0.3 * (len(entities) + len(rows))), dpi=DPI, facecolor="white")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    ticks, labels = [], []
-    for y, entity in enumerate(entities):  # published ranges at the top, lowest ADC first
-        mean, sd = entity["adc"]["mean"], entity["adc"]["sd"]
-        axes.barh(-y, 2 * sd, left=mean - sd, height=0.62, color=_entity_tint(entity), edgecolor="none")
-        axes.plot([mean, mean], [-y - 0.31, -y + 0.31], color="#444444", linewidth=1.2)
-        ticks.append(-y)
-        labels.append(entity["label"])
-    points: Dict[tuple, list] = {}  # one errorbar call per colour, not per ROI
-    for n, row in enumerate(rows):  # then the ROIs measured here, in the table's order
-        y = -(len(entities) - 1 + gap + n)
-        sd = row["adc_sd"] or 0.0
-        points.setdefault(_roi_color(row), []).append((row["adc_mean"], y, sd))
-        axes.text(row["adc_mean"] + sd + 0.04, y, _num(row["adc_mean"]), fontsize=8, va="center", color="#333333")
-        ticks.append(y)
-        labels.append(_plain(row["segment"]))
-    for color, values in points.items():
-        x, y, sd = (list(v) for v in zip(*values))
-        axes.errorbar(x, y, xerr=sd, fmt="o", color=color, ecolor=color, markersize=7, capsize=3,
-                      linewidth=1.4, markeredgecolor="#222222")
-    axes.set_yticks(ticks)
-    axes.set_yticklabels(labels, fontsize=9)
-    split = -(len(entities) - 1 + gap / 2)
-    axes.axhline(split, color="#bbbbbb", linewidth=0.8)
-    axes.axvline(cutoff, color="#222222", linestyle="--", linewidth=1.4)
-    right = max([cutoff + 0.5] + [e["adc"]["mean"] + e["adc"]["sd"] for e in entities]
-                + [r["adc_mean"] + (r["adc_sd"] or 0.0) for r in rows]) + 0.3
-    axes.set_xlim(0.0, right)
-    axes.set_ylim(ticks[-1] - 0.7, 1.1)
-    heading = dict(fontsize=9, fontweight="bold", color="#444444", va="center", ha="left")
-    axes.text(0.02, 0.75, "Published entity ranges (mean ± SD)", **heading)
-    axes.text(0.02, split - 0.45, "ROIs of this study (mean ± SD)", **heading)
-    axes.set_xlabel("mean ADC (×10⁻³ mm²/s)")
-    axes.spines[["top", "right"]].set_visible(False)
-    height = figure.get_figheight()
-    figure.subplots_adjust(left=0.3, right=0.97, top=1.0 - 0.5 / height, bottom=1.25 / height)
-    figure.suptitle("Mean ADC of every ROI against the published entity ranges", fontsize=12, x=0.01, y=1.0 - 0.12 / height,
-                    ha="left", va="top")
-    figure.legend(handles=_summary_legend(cutoff, result.options.indeterminate_band, result.options.marrow_max_or_none),
-                  fontsize=8.5, frameon=False,
-                  loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=4)
-    _save(figure, path)
     caption = (f"Mean ADC (± SD) of every ROI against the published entity ranges (criteria and citations below) "
                f"and the cut-off {_num(cutoff)}; lesions coloured by class.")
-    return Picture(path=path, caption=caption, kind="summary")
+    return Picture(path=None, caption=caption, kind="summary", svg=summary_svg(result))
+
+
+def summary_svg(result, width: int = 800, row_px: int = 20) -> str:
+    """SVG text of the summary (x: mean ADC in 10^-3 mm^2/s from 0). Each ROI's point carries
+    its name, mean and SD in a <title> (a tooltip, and what tests read)."""
+    cutoff, band = result.options.adc_cutoff, result.options.indeterminate_band
+    entities = sorted(result.options.criteria["entities"].values(), key=lambda e: e["adc"]["mean"])
+    rows = [row for row in result.rows if row["adc_mean"] is not None]
+    left, right_margin, top, gap = 270, 70, 58, 34  # 270 px: about 42 characters of label
+    x_max = max([cutoff + 0.5] + [e["adc"]["mean"] + e["adc"]["sd"] for e in entities]
+                + [r["adc_mean"] + (r["adc_sd"] or 0.0) for r in rows]) + 0.3
+    plot_w = width - left - right_margin
+
+    def x(adc):
+        return left + plot_w * max(adc, 0.0) / x_max
+
+    def entity_y(n):
+        return top + row_px * (n + 0.5)
+
+    def roi_y(n):
+        return top + row_px * len(entities) + gap + row_px * (n + 0.5)
+
+    axis_y = roi_y(len(rows) - 0.5) + 6
+    legend = _summary_legend_items(cutoff, band, result.options.marrow_max_or_none)
+    height = int(axis_y + 44 + 18 * -(-len(legend) // 4) + 8)
+    parts = [f'<svg class="summary" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+             f'font-family="sans-serif" font-size="11">',
+             '<text x="8" y="18" font-size="14" font-weight="bold">Mean ADC of every ROI against the published '
+             'entity ranges</text>']
+    heading = '<text x="8" y="{:.1f}" font-weight="bold" fill="#444">{}</text>'
+    parts.append(heading.format(top - 8, "Published entity ranges (mean ± SD)"))
+    for n, entity in enumerate(entities):
+        mean, sd, y = entity["adc"]["mean"], entity["adc"]["sd"], entity_y(n)
+        parts.append(f'<g><title>{html.escape(entity["label"])}: ADC {mean:.2f} ± {sd:.2f}</title>'
+                     f'<rect x="{x(mean - sd):.1f}" y="{y - 7:.1f}" width="{x(mean + sd) - x(mean - sd):.1f}" height="14" '
+                     f'fill="{_entity_tint(entity)}"/><line x1="{x(mean):.1f}" y1="{y - 7:.1f}" x2="{x(mean):.1f}" '
+                     f'y2="{y + 7:.1f}" stroke="#444" stroke-width="1.4"/>'
+                     f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{html.escape(_shorten(entity["label"], 42))}</text></g>')
+    split = top + row_px * len(entities) + gap / 2
+    parts.append(f'<line x1="8" y1="{split:.1f}" x2="{width - 8}" y2="{split:.1f}" stroke="#bbb"/>')
+    parts.append(heading.format(split + 14, "ROIs of this study (mean ± SD)"))
+    for n, row in enumerate(rows):
+        mean, sd, y = row["adc_mean"], row["adc_sd"] or 0.0, roi_y(n)
+        colour = _roi_hex(row)
+        name = str(row["segment"])
+        parts.append(f'<g class="roi"><title>{html.escape(name)}: mean ADC {_num(mean)} ± {_num(sd)} ×10⁻³ mm²/s, '
+                     f'{html.escape(_row_class_text(row, result))}</title>'
+                     f'<line x1="{x(mean - sd):.1f}" y1="{y:.1f}" x2="{x(mean + sd):.1f}" y2="{y:.1f}" stroke="{colour}" '
+                     f'stroke-width="1.6"/>'
+                     + "".join(f'<line x1="{x(end):.1f}" y1="{y - 4:.1f}" x2="{x(end):.1f}" y2="{y + 4:.1f}" '
+                               f'stroke="{colour}" stroke-width="1.6"/>' for end in (mean - sd, mean + sd))
+                     + f'<circle cx="{x(mean):.1f}" cy="{y:.1f}" r="4.5" fill="{colour}" stroke="#222"/>'
+                     f'<text x="{x(mean + sd) + 6:.1f}" y="{y + 4:.1f}" fill="#333" font-size="10" stroke="white" '
+                     f'stroke-width="3" paint-order="stroke">{_num(mean)}</text>'
+                     f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{html.escape(_shorten(name, 42))}</text></g>')
+    parts.append(f'<line x1="{left}" y1="{axis_y:.1f}" x2="{left + plot_w}" y2="{axis_y:.1f}" stroke="#444"/>')
+    for tick in np.arange(0.0, x_max + 1e-9, 0.5):
+        parts.append(f'<line x1="{x(tick):.1f}" y1="{axis_y:.1f}" x2="{x(tick):.1f}" y2="{axis_y + 4:.1f}" stroke="#444"/>'
+                     f'<text x="{x(tick):.1f}" y="{axis_y + 16:.1f}" text-anchor="middle">{tick:g}</text>')
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{axis_y + 32:.1f}" text-anchor="middle">'
+                 f'mean ADC (×10⁻³ mm²/s)</text>')
+    parts.append(f'<line x1="{x(cutoff):.1f}" y1="{top - 4}" x2="{x(cutoff):.1f}" y2="{axis_y:.1f}" stroke="#222" '
+                 f'stroke-width="1.4" stroke-dasharray="6 4"/>'
+                 f'<text x="{x(cutoff) + 4:.1f}" y="{top - 8}" fill="#222">cut-off {_num(cutoff)}</text>')
+    for n, (kind, colour, label) in enumerate(legend):
+        lx, ly = 8 + 198 * (n % 4), axis_y + 52 + 18 * (n // 4)
+        swatch = {"dash": f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 18}" y2="{ly - 4}" stroke="{colour}" '
+                          f'stroke-width="1.4" stroke-dasharray="6 4"/>',
+                  "box": f'<rect x="{lx}" y="{ly - 10}" width="18" height="12" fill="{colour}"/>',
+                  "point": f'<circle cx="{lx + 9}" cy="{ly - 4}" r="4.5" fill="{colour}" stroke="#222"/>'}[kind]
+        parts.append(swatch + f'<text x="{lx + 24}" y="{ly}" font-size="10.5">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
 
 
 def _entity_tint(entity: dict) -> str:
     return "#f4b6b6" if entity.get("malignant") else "#b9e4c4"
 
 
-def _summary_legend(cutoff: float, band: float, marrow_max: Optional[float] = None) -> list:
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    def point(color, label):
-        return Line2D([], [], marker="o", linestyle="", color=color, markeredgecolor="#222222", label=label)
-
-    handles = [
-        Line2D([], [], color="#222222", linestyle="--", label=f"cut-off {_num(cutoff)} (Kaur 2020)"),
-        Patch(facecolor=_entity_tint({"malignant": True}), label="malignant entity"),
-        Patch(facecolor=_entity_tint({"malignant": False}), label="benign entity"),
-        point(_rgb(3), "lesion, malignant-range"),
-        point(_rgb(1), "lesion, benign-range"),
-        point(REFERENCE_COLOR, "normal-marrow reference"),
-        point(OTHER_ROI_COLOR, "other ROI (disc, muscle)"),
+def _summary_legend_items(cutoff: float, band: float, marrow_max: Optional[float] = None) -> list:
+    """(swatch kind, colour, label) of the summary's legend."""
+    items = [
+        ("dash", "#222222", f"cut-off {_num(cutoff)} (Kaur 2020)"),
+        ("box", _entity_tint({"malignant": True}), "malignant entity"),
+        ("box", _entity_tint({"malignant": False}), "benign entity"),
+        ("point", BY_KEY["malignant"].hex, "lesion, malignant-range"),
+        ("point", BY_KEY["benign"].hex, "lesion, benign-range"),
+        ("point", REFERENCE_COLOR, "normal-marrow reference"),
+        ("point", OTHER_ROI_COLOR, "other ROI (disc, muscle)"),
     ]
     if band > 0:
-        handles.insert(5, point(_rgb(2), "lesion, indeterminate"))
+        items.insert(5, ("point", BY_KEY["indeterminate"].hex, "lesion, indeterminate"))
     if marrow_max:
-        handles.insert(3, point(_rgb(4), "lesion, normal-marrow range"))
-    return handles
+        items.insert(3, ("point", BY_KEY["marrow"].hex, "lesion, normal-marrow range"))
+    return items
 
 
-def _roi_color(row: dict):
+def _roi_hex(row: dict) -> str:
     if row["role"] == "lesion":
-        return _rgb(CLASS_OF_ROW.get(row["adc_class"], 0)) if row["adc_class"] in CLASS_OF_ROW else OTHER_ROI_COLOR
+        return BY_KEY[row["adc_class"]].hex if row["adc_class"] in CLASS_OF_ROW else OTHER_ROI_COLOR
     return REFERENCE_COLOR if row["role"] == "reference" else OTHER_ROI_COLOR
 
 
