@@ -197,6 +197,20 @@ def test_the_streamed_map_is_the_map_written_whole(dwi_files, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.nrrd", "whole.nrrd"]
 
 
+def test_without_pread_and_pwrite_the_map_is_the_same(dwi_files, tmp_path, monkeypatch):
+    """Windows has neither: the DWI is then read through its memory map and the map written
+    whole, byte for byte what the streamed run writes."""
+    from VertebralMarrowLib.cli import main
+
+    _, paths, _ = dwi_files
+    streamed, whole = tmp_path / "streamed.nrrd", tmp_path / "whole.nrrd"
+    assert main(["-q", "adc", "--dwi", str(paths["nii"]), "--out", str(streamed)]) == 0
+    monkeypatch.delattr(os, "preadv")
+    monkeypatch.delattr(os, "pwrite")
+    assert main(["-q", "adc", "--dwi", str(paths["nii"]), "--out", str(whole)]) == 0
+    assert whole.read_bytes() == streamed.read_bytes()
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nrrd"])
 def test_a_truncated_raw_dwi_is_one_error_line(dwi_files, tmp_path, suffix):
     _, paths, _ = dwi_files
