@@ -324,3 +324,23 @@ def test_progress_is_one_line_on_a_terminal_and_nothing_elsewhere():
     text = terminal.getvalue()
     assert text.count("\n") == 1 and text.endswith("\n") and text.count("\r") >= 1
     assert "100%" in text.splitlines()[-1].split("\r")[-1]
+
+
+def test_a_counting_step_shows_its_rate_in_its_own_units(monkeypatch):
+    """4 M voxels fitted between 0.5 s (when the step before it reported) and 2.5 s: 2.0 M/s."""
+    from VertebralMarrowLib import cli
+
+    times = [0.0, 0.5, 1.0, 2.5]  # the bar's start, then one per report; 2.5 for anything else
+    monkeypatch.setattr(cli.time, "monotonic", lambda: times.pop(0) if len(times) > 1 else times[0])
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    report = cli._progress(True, terminal)
+    report(0.1, "reading the DWI")
+    report(0.4, "ADC fit: 1,000,000 of 4,000,000 voxels")
+    report(1.0, "ADC fit: 4,000,000 of 4,000,000 voxels")
+    lines = [line for line in terminal.getvalue().split("\r") if line]
+    assert "%/s" in lines[0] and "2.0 M voxels/s" in lines[-1]

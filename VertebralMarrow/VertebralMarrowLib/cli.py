@@ -50,17 +50,47 @@ def _attach_negative_values(argv: List[str]) -> List[str]:
     return out
 
 
+_COUNTED = re.compile(r"([\d,]+) of ([\d,]+) (\w+)")  # a step that counts: "ADC fit: 1,024 of 9,000 voxels"
+
+
+def _count(counted) -> int:
+    return int(counted.group(1).replace(",", ""))
+
+
 def _progress(verbose: bool, stream=None):
     """One line on a terminal, redrawn in place: a bar, the rate, the time left and the step.
-    Nothing when the output is not a terminal (logs, pipes) or with --quiet."""
+    The rate is in the step's own units when it counts them ("2.1 M voxels/s"), else in percent
+    of the run per second. Nothing when the output is not a terminal (logs, pipes) or with --quiet."""
     stream = stream or sys.stderr
     if not verbose or not stream.isatty():
         return None
     start = time.monotonic()
-    drawn = [0.0]
+    drawn, previous = [0.0], [None]
+    step: dict = {}  # the counting step under way: (total, unit), and a (time, count) to measure from
+
+    def rate_text(fraction: float, counted, now: float) -> str:
+        if counted is None:
+            return f"{100 * fraction / max(now - start, 1e-9):5.1f} %/s"
+        since, base = step["since"]
+        if now <= since or _count(counted) <= base:
+            return f"- {counted.group(3)}/s"  # nothing measured yet
+        per_second = (_count(counted) - base) / (now - since)
+        scaled = next((f"{per_second / size:.1f} {prefix}" for size, prefix in ((1e6, "M"), (1e3, "k"))
+                       if per_second >= size), f"{per_second:.0f}")
+        return f"{scaled} {counted.group(3)}/s"
 
     def report(fraction: float, text: str) -> None:
         now = time.monotonic()
+        counted = _COUNTED.search(text)
+        key = counted.group(2, 3) if counted else None
+        if step.get("key") != key:  # a new step
+            if counted is None:
+                step.update(key=None)
+            elif previous[0] is None:  # the run's first report: measured from here on
+                step.update(key=key, since=(now, _count(counted)))
+            else:  # begun, at 0, when the step before it last reported
+                step.update(key=key, since=(previous[0], 0))
+        previous[0] = now
         if fraction < 1.0 and now - drawn[0] < 0.1:
             return
         drawn[0] = now
@@ -68,7 +98,7 @@ def _progress(verbose: bool, stream=None):
         rate = fraction / elapsed if elapsed > 0 else 0.0
         left = f"{(1.0 - fraction) / rate:4.0f} s left" if 0 < fraction < 1 and rate > 0 else f"{elapsed:4.1f} s"
         bar = "#" * int(24 * fraction) + "-" * (24 - int(24 * fraction))
-        stream.write(f"\r[{bar}] {fraction:4.0%} {100 * rate:5.1f} %/s {left}  {text[:40]:40s}")
+        stream.write(f"\r[{bar}] {fraction:4.0%} {rate_text(fraction, counted, now)} {left}  {text[:40]:40s}")
         if fraction >= 1.0:
             stream.write("\n")
         stream.flush()
