@@ -211,6 +211,16 @@ def test_without_pread_and_pwrite_the_map_is_the_same(dwi_files, tmp_path, monke
     assert whole.read_bytes() == streamed.read_bytes()
 
 
+def test_a_map_that_cannot_be_written_is_one_error_naming_the_target():
+    """/dev/full refuses every byte (a full disk): the error names the file the user asked for,
+    not the temporary one written first."""
+    from VertebralMarrowLib.errors import InputError
+    from VertebralMarrowLib.outputs.map_file import MapStream
+
+    with pytest.raises(InputError, match=r"^cannot write results/adc\.nrrd: "):
+        MapStream("/dev/full", (2, 3, 4), np.eye(4), shown_as="results/adc.nrrd")
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nrrd"])
 def test_a_truncated_raw_dwi_is_one_error_line(dwi_files, tmp_path, suffix):
     _, paths, _ = dwi_files

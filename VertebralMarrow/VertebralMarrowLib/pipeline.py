@@ -252,7 +252,7 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
     try:
         if streams(out_path, compress):
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            with MapStream(temporary, selected[0].shape, ijk_to_ras) as stream:
+            with MapStream(temporary, selected[0].shape, ijk_to_ras, shown_as=out_path) as stream:
                 fit_adc_volume(selected, used, method, progress, sink=stream.write)
             check_fitted(stream.any_finite)
         else:

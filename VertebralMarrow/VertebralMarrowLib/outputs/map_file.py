@@ -77,14 +77,25 @@ class MapStream:
     at its own place (pwrite, from whichever thread fitted it), so the whole map never has to be
     in memory. `any_finite` tells whether any voxel written was finite."""
 
-    def __init__(self, path, shape_kji, ijk_to_ras: np.ndarray, content: str = ADC_UNIT_TEXT):
+    def __init__(self, path, shape_kji, ijk_to_ras: np.ndarray, content: str = ADC_UNIT_TEXT, shown_as=None):
         header = _nrrd_header(shape_kji, ijk_to_ras, content, compress=False)
         self.path = Path(path)
-        self.file = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.shown_as = shown_as or self.path  # the name errors give (the target of a temporary file)
         self.data_start = len(header)
         self.any_finite = False
-        self._write_at(header, 0)
-        os.ftruncate(self.file, self.data_start + 4 * int(np.prod(shape_kji, dtype=np.int64)))
+        try:
+            self.file = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        except OSError as exc:
+            raise self._error(exc) from None
+        try:
+            self._write_at(header, 0)
+            os.ftruncate(self.file, self.data_start + 4 * int(np.prod(shape_kji, dtype=np.int64)))
+        except OSError as exc:
+            os.close(self.file)
+            raise self._error(exc) from None
+        except InputError:
+            os.close(self.file)
+            raise
 
     def write(self, first_voxel: int, values: np.ndarray) -> None:
         data = np.ascontiguousarray(values, "<f4")
@@ -95,8 +106,14 @@ class MapStream:
     def _write_at(self, data, position: int) -> None:
         data = memoryview(data)
         while len(data):
-            written = os.pwrite(self.file, data, position)
+            try:
+                written = os.pwrite(self.file, data, position)
+            except OSError as exc:  # a full disk, a quota
+                raise self._error(exc) from None
             data, position = data[written:], position + written
+
+    def _error(self, exc: OSError) -> InputError:
+        return InputError(f"cannot write {self.shown_as}: {exc.strerror or exc}")
 
     def close(self) -> None:
         os.close(self.file)
