@@ -72,9 +72,9 @@ def _progress(verbose: bool, stream=None):
         if counted is None:
             return f"{100 * fraction / max(now - start, 1e-9):5.1f} %/s"
         since, base = step["since"]
-        if now <= since or _count(counted) <= base:
-            return f"- {counted.group(3)}/s"  # nothing measured yet
-        per_second = (_count(counted) - base) / (now - since)
+        if now <= since or _count(counted) <= base:  # one report so far: measured from the start
+            since, base = start, 0
+        per_second = (_count(counted) - base) / (now - since) if now > since else 0.0
         scaled = next((f"{per_second / size:.1f} {prefix}" for size, prefix in ((1e6, "M"), (1e3, "k"))
                        if per_second >= size), f"{per_second:.0f}")
         return f"{scaled} {counted.group(3)}/s"
