@@ -3,7 +3,6 @@ followup.csv, followup.json, followup.png and followup.html out."""
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import math
@@ -15,7 +14,7 @@ from .. import DISCLAIMER
 from ..core.criteria import load_criteria
 from ..core.followup import FOLLOWUP_COLUMNS, Reading, ResponseRules, compare
 from ..errors import InputError
-from .cells import cell
+from .cells import cell, write_csv
 
 RESPONSE_COLOURS = {"RAC1": "#1a9641", "RAC2": "#a6d96a", "RAC3": "#888888", "RAC4": "#fdae61", "RAC5": "#d7191c"}
 
@@ -112,11 +111,7 @@ def write_followup_outputs(rows: List[dict], criteria: dict, out_dir, baseline: 
     of the result folders in `snapshot_folders` ((label, folder)) are shown before and after."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "followup.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(FOLLOWUP_COLUMNS)
-        for row in rows:
-            writer.writerow([cell(row[name]) for name in FOLLOWUP_COLUMNS])
+    write_csv(out / "followup.csv", FOLLOWUP_COLUMNS, rows)
     follow = criteria["followup"]
     document = {
         "disclaimer": DISCLAIMER + " The categories read the ADC only; MET-RADS-P also weighs the high-b signal and the morphology.",

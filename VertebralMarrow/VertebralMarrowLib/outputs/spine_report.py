@@ -5,10 +5,8 @@ spine.html, a page a radiologist reads."""
 
 from __future__ import annotations
 
-import csv
 import html
 import json
-import math
 from pathlib import Path
 from typing import List
 
@@ -17,7 +15,7 @@ import numpy as np
 from ..core.classes import BY_KEY
 from ..mrml import ijk_to_ras_of, segment_ids, segment_name, write_node
 from ..spine_analysis import SPINE_COLUMNS, SpineResult
-from .cells import cell
+from .cells import cell, json_value, write_csv
 
 SPINE_SCENE = "spine.mrml"
 SPINE_DATA = "spine-data"
@@ -25,17 +23,9 @@ PLANE_STEP_MM = 1.0
 PLANE_MARGIN_MM = 25.0
 
 
-def _json_value(value):
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def spine_document(result: SpineResult) -> dict:
     def clean(row: dict) -> dict:
-        return {key: _json_value(value) for key, value in row.items() if key not in ("roi", "label")}
+        return {key: json_value(value) for key, value in row.items() if key not in ("roi", "label")}
 
     return {
         "disclaimer": result.disclaimer,
@@ -44,7 +34,7 @@ def spine_document(result: SpineResult) -> dict:
         "rows": [clean(row) for row in result.rows],
         "discs": [clean(row) for row in result.discs],
         "lesions": result.lesions,
-        "reference": {key: _json_value(value) for key, value in result.reference.items()},
+        "reference": {key: json_value(value) for key, value in result.reference.items()},
         "adc": {"source": result.adc_source, "units": result.adc_units},
         "criteria": result.criteria,
         "references": {key: result.options.criteria["references"][key]
@@ -57,11 +47,7 @@ def write_spine_outputs(result: SpineResult, out_dir) -> List[Path]:
     """spine.csv, spine.json, spine.png and spine.html in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "spine.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(SPINE_COLUMNS)
-        for row in result.rows:
-            writer.writerow([cell(row[name]) for name in SPINE_COLUMNS])
+    write_csv(out / "spine.csv", SPINE_COLUMNS, result.rows)
     document = spine_document(result)
     (out / "spine.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
     written = [out / "spine.csv", out / "spine.json"]

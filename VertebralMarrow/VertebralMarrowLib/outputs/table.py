@@ -3,9 +3,7 @@ descriptions (as Slicer's Segment Statistics does), and the overlay labelmap wit
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import platform
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import numpy as np
 from .. import __version__
 from ..analysis import AnalysisResult, AnalysisWarning
 from ..core.criteria import citation
-from .cells import cell
+from .cells import cell, json_value, write_csv as write_rows_csv
 
 # (column, unit, description): the outside contract of results.csv, in order.
 COLUMNS = (
@@ -53,13 +51,7 @@ COLUMN_LABELS = {
 TEXT_COLUMNS = ("segment", "role", "adc_class", "t1_signal", "t2_signal", "fs_signal", "differential")
 
 def write_csv(result: AnalysisResult, path) -> Path:
-    path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMN_NAMES)
-        for row in result.rows:
-            writer.writerow([cell(row[name]) for name in COLUMN_NAMES])
-    return path
+    return write_rows_csv(path, COLUMN_NAMES, result.rows)
 
 
 def result_document(result: AnalysisResult) -> dict:
@@ -99,7 +91,7 @@ def result_document(result: AnalysisResult) -> dict:
     segments = {detail["name"]: {k: v for k, v in detail.items() if k not in ("name",)} for detail in result.segments}
     return {
         "disclaimer": result.disclaimer,
-        "rows": [{name: _json_value(row[name]) for name in COLUMN_NAMES} for row in result.rows],
+        "rows": [{name: json_value(row[name]) for name in COLUMN_NAMES} for row in result.rows],
         "segments": segments,
         "inputs": result.inputs,
         "adc": {"source": result.adc_source, "units": result.adc_units, "bvalues_s_per_mm2": result.bvalues_used,
@@ -145,12 +137,6 @@ def warning_details(warning) -> dict:
     if isinstance(warning, AnalysisWarning):
         return warning.as_dict()
     return {"segment": "", "kind": "study", "text": str(warning)}
-
-
-def _json_value(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _slicer_version() -> str:
