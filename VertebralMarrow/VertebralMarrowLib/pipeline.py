@@ -237,32 +237,31 @@ def fit_adc_file(files: StudyFiles, method: str, bmin: Optional[float], bmax: Op
         for i in kept:  # a b-value image without signal must not be reported as used
             check_signal(volumes[i], f"{where} (b = {bvalues[i]:g})")
 
-    if out_path.name.lower().endswith((".nhdr", ".mhd")):  # header and data files: written in place
-        adc = fit_adc_volume(selected, used, method, progress)
-        check_fitted(_any_finite(adc))
-        write_map(out_path, adc, ijk_to_ras, compress=compress)
-        return group_shells(used)[0]
     # Written beside the target under a temporary name (same suffix, so the same writer) and
     # moved into place: an interrupted run leaves the previous map or none, never half of one.
     # The previous map goes first: renamed over an existing file, ext4 writes the new one to
-    # disk at once (its replace-via-rename safeguard), which cost up to 0.4 s here. A raw NRRD
-    # is written while it is fitted (MapStream): no whole map in memory.
+    # disk at once (its replace-via-rename safeguard), which cost up to 0.4 s here. Header and
+    # data files (.nhdr, .mhd) are written in place. A raw NRRD is written while it is fitted
+    # (MapStream): no whole map in memory.
     suffix = next(s for s in MAP_SUFFIXES if out_path.name.lower().endswith(s))
-    temporary = out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
+    in_place = suffix in (".nhdr", ".mhd")
+    target = out_path if in_place else out_path.parent / f".{out_path.name}.writing-{uuid.uuid4().hex[:12]}{suffix}"
     try:
         if streams(out_path, compress):
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            with MapStream(temporary, selected[0].shape, ijk_to_ras, shown_as=out_path) as stream:
+            with MapStream(target, selected[0].shape, ijk_to_ras, shown_as=out_path) as stream:
                 fit_adc_volume(selected, used, method, progress, sink=stream.write)
             check_fitted(stream.any_finite)
         else:
             adc = fit_adc_volume(selected, used, method, progress)
             check_fitted(_any_finite(adc))
-            write_map(temporary, adc, ijk_to_ras, compress=compress)
-        out_path.unlink(missing_ok=True)
-        os.replace(temporary, out_path)
+            write_map(target, adc, ijk_to_ras, compress=compress)
+        if not in_place:
+            out_path.unlink(missing_ok=True)
+            os.replace(target, out_path)
     finally:
-        temporary.unlink(missing_ok=True)
+        if not in_place:
+            target.unlink(missing_ok=True)
     return group_shells(used)[0]
 
 

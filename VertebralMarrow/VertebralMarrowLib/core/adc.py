@@ -372,9 +372,9 @@ class _FileRun:
     chunk with pread into a buffer per thread: no page faults, nothing left mapped, and the
     buffer stays in the CPU caches. Strided maps (interleaved 4-D NRRD) stay maps (_release)."""
 
-    def __init__(self, path: str, position: int, dtype: np.dtype, size: int):
+    def __init__(self, path: str, position: int, dtype: np.dtype):
         self.path, self.file = path, os.open(path, os.O_RDONLY)
-        self.position, self.dtype, self.size = position, dtype, size
+        self.position, self.dtype = position, dtype
         self.local = threading.local()
 
     @classmethod
@@ -390,7 +390,7 @@ class _FileRun:
         mapped = np.frombuffer(mapping, np.uint8, count=1).__array_interface__["data"][0]
         start = volume.offset - volume.offset % mmap.ALLOCATIONGRANULARITY
         position = start + volume.__array_interface__["data"][0] - mapped
-        return cls(path, position, volume.dtype, volume.size)
+        return cls(path, position, volume.dtype)
 
     def __getitem__(self, span: slice) -> np.ndarray:
         count = span.stop - span.start
